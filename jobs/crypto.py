@@ -1,0 +1,134 @@
+"""AES-256-GCM encryption of task payloads and results, so Redis never holds plaintext content.
+
+A key is 32 random bytes, written as url-safe base64 (`jobctl keygen`). Each ciphertext is
+`jc1.<key id>.<base64(nonce + ciphertext + tag)>`. The key id (a MAC of a fixed label) lets a
+reader with the wrong key say so plainly instead of reporting tampering. The associated data
+binds a ciphertext to its job and purpose, so a payload cannot be swapped onto another job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from jobs.errors import JobctlError
+
+PREFIX = "jc1"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+class CryptoError(JobctlError):
+    """A key or ciphertext problem."""
+
+
+class MissingKeyError(CryptoError):
+    pass
+
+
+class BadKeyError(CryptoError):
+    pass
+
+
+class DecryptError(CryptoError):
+    pass
+
+
+def generate_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode()
+
+
+def _decode_key(text: str, source: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(text.strip().encode() + b"==")
+    except (binascii.Error, ValueError) as e:
+        raise BadKeyError(f"the key from {source} is not url-safe base64; make a new one with `jobctl keygen`") from e
+    if len(raw) != KEY_BYTES:
+        raise BadKeyError(
+            f"the key from {source} is {len(raw)} bytes, not {KEY_BYTES}; make a new one with `jobctl keygen`"
+        )
+    return raw
+
+
+class Cipher:
+    """Encrypts and decrypts with one key. Its repr never shows the key."""
+
+    def __init__(self, key: str, source: str = "the key"):
+        raw = _decode_key(key, source)
+        self._aead = AESGCM(raw)
+        self._mac_key = hmac.new(raw, b"jobctl-mac-v1", hashlib.sha256).digest()
+        self.key_id = hmac.new(raw, b"jobctl-key-id-v1", hashlib.sha256).hexdigest()[:12]
+
+    def __repr__(self) -> str:
+        return f"Cipher(key_id={self.key_id!r})"
+
+    def mac(self, *parts: str) -> str:
+        """A keyed digest: stable ids and fingerprints that reveal nothing without the key."""
+        msg = "\x00".join(parts).encode()
+        return hmac.new(self._mac_key, msg, hashlib.sha256).hexdigest()
+
+    def encrypt(self, data: bytes, context: str) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, data, context.encode())
+        return f"{PREFIX}.{self.key_id}.{base64.b64encode(nonce + sealed).decode()}"
+
+    def decrypt(self, token: str, context: str) -> bytes:
+        try:
+            prefix, key_id, body = token.split(".", 2)
+        except (ValueError, AttributeError) as e:
+            raise DecryptError("this value is not a jobctl ciphertext (corrupted data?)") from e
+        if prefix != PREFIX:
+            raise DecryptError(f"unknown ciphertext format {prefix!r}")
+        if key_id != self.key_id:
+            raise DecryptError(
+                f"this data was encrypted with key {key_id}, but the configured key is {self.key_id}; "
+                "set JOBCTL_KEY (or JOBCTL_KEY_FILE) to the key used when the tasks were submitted"
+            )
+        try:
+            raw = base64.b64decode(body, validate=True)
+            return self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode())
+        except (binascii.Error, ValueError, InvalidTag) as e:
+            raise DecryptError("ciphertext failed authentication: it was tampered with or corrupted") from e
+
+
+def load_key(key: str | None, key_file: str | Path | None) -> tuple[str, str]:
+    """The key text and where it came from: the key itself, then the key file."""
+    if key:
+        return key, "JOBCTL_KEY"
+    if key_file:
+        path = Path(key_file).expanduser()
+        try:
+            return path.read_text().strip(), str(path)
+        except FileNotFoundError as e:
+            raise MissingKeyError(
+                f"no encryption key: {path} does not exist; run `jobctl keygen` to create it, "
+                "or set JOBCTL_KEY to your key"
+            ) from e
+        except OSError as e:
+            raise MissingKeyError(f"cannot read the key file {path}: {e.strerror}") from e
+    raise MissingKeyError("no encryption key: run `jobctl keygen`, or set JOBCTL_KEY")
+
+
+def write_key_file(path: Path, force: bool = False) -> str:
+    """Create a new key file readable only by its owner. Refuses to overwrite: results
+    encrypted with the old key would become unreadable."""
+    if path.exists() and not force:
+        raise CryptoError(
+            f"{path} already exists; results encrypted with it would be lost if it were replaced. "
+            "Pass --force to replace it anyway"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_key()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.replace(tmp, path)
+    return key
