@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -45,9 +46,23 @@ def generate_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode()
 
 
+_KEY_TEXT = re.compile(r"[A-Za-z0-9_+/-]+={0,2}")
+
+
 def _decode_key(text: str, source: str) -> bytes:
+    text = text.strip()
+    if not text:
+        raise BadKeyError(f"the key from {source} is empty; make a new one with `jobctl keygen`")
+    # Checked before decoding: the decoder skips characters outside the alphabet, so a key with
+    # stray characters would be read as some other (shorter) key instead of being refused.
+    if not _KEY_TEXT.fullmatch(text):
+        raise BadKeyError(
+            f"the key from {source} is not url-safe base64 (only A-Z, a-z, 0-9, '-' and '_' may appear); "
+            "make a new one with `jobctl keygen`"
+        )
+    body = text.rstrip("=")
     try:
-        raw = base64.urlsafe_b64decode(text.strip().encode() + b"==")
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except (binascii.Error, ValueError) as e:
         raise BadKeyError(f"the key from {source} is not url-safe base64; make a new one with `jobctl keygen`") from e
     if len(raw) != KEY_BYTES:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
+import sys
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +27,13 @@ from jobs.tasks import Task
 
 MAX_REPORTED = 20
 TASK_FIELDS = {"custom_id", "kind", "input", "options"}
-BATCH_LINE_FIELDS = {"custom_id", "method", "url", "body"}
+BATCH_LINE_ORDER = ("custom_id", "method", "url", "body")
+BATCH_LINE_FIELDS = set(BATCH_LINE_ORDER)
 BATCH_URLS = ("/v1/chat/completions",)
+# Deeper JSON is refused: nothing a task needs is this deep, and the JSON decoder, the schema
+# checker and the encoder all recurse, so a deep value would crash them instead of being reported.
+MAX_DEPTH = 64
+_TASKS_HEAD = re.compile(r'\s*\{\s*"tasks"\s*:\s*(?=\[)')
 
 
 @dataclass
@@ -64,7 +72,9 @@ def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = Non
     text = decode(raw, source, limits)
     stripped = text.lstrip()
     if not stripped:
-        raise InputError(source, [Problem(source, "the file is empty; give a JSON list of tasks or OpenAI batch JSONL")])
+        raise InputError(
+            source, [Problem(source, "the file is empty; give a JSON list of tasks or OpenAI batch JSONL")]
+        )
     if stripped[0] == "[":
         entries = list(_array_entries(text, source))
         return _validate_all(entries, source, limits, "tasks")
@@ -80,15 +90,20 @@ def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = Non
         if e.msg.startswith("Extra data"):
             return _validate_all(list(_jsonl_entries(text, source)), source, limits, "line")
         raise InputError(source, [Problem(f"{source}:{e.lineno}:{e.colno}", f"malformed JSON: {e.msg}")]) from e
+    except (RecursionError, ValueError) as e:
+        pos, msg = _undecodable(e, text, 0)
+        raise InputError(source, [Problem(f"{source}:{_line_col(text, pos)}", msg)]) from None
     if isinstance(whole, dict) and "tasks" in whole:
         extra = sorted(set(whole) - {"tasks"})
         if extra:
-            raise InputError(source, [Problem(source, f"unknown top-level field {extra[0]!r}; only \"tasks\" is allowed")])
+            raise InputError(
+                source, [Problem(source, f"unknown top-level field {extra[0]!r}; only \"tasks\" is allowed")]
+            )
         if not isinstance(whole["tasks"], list):
-            raise InputError(source, [Problem(f"{source}: tasks", "must be a list of tasks")])
-        first_line = _line_of(text, text.find("[", text.find('"tasks"')))
-        entries = [(f"{source}: tasks[{i}]", first_line, v) for i, v in enumerate(whole["tasks"])]
-        return _validate_all(entries, source, limits, "tasks")
+            raise InputError(
+                source, [Problem(f"{source}: tasks", f"must be a list of tasks, not {_json_type(whole['tasks'])}")]
+            )
+        return _validate_all(_wrapped_entries(text, source, whole["tasks"]), source, limits, "tasks")
     # A single JSON object: one line of JSONL.
     return _validate_all(list(_jsonl_entries(text, source)), source, limits, "line")
 
@@ -102,9 +117,14 @@ def decode(raw: bytes, source: str, limits: Limits) -> str:
                      "split it into smaller files (or raise JOBCTL_MAX_FILE_BYTES)")],
         )
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InputError(source, [Problem(source, "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8")])
-    if b"\x00" in raw[:65536]:
-        raise InputError(source, [Problem(source, "the file looks binary (it contains NUL bytes); give a JSON or JSONL text file")])
+        raise InputError(source, [Problem(f"{source}:1:1", "the file is UTF-16 (it starts with a UTF-16 byte-order "
+                                          "mark); save it as UTF-8")])
+    nul = raw.find(b"\x00", 0, 65536)
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        col = nul - (raw.rfind(b"\n", 0, nul) + 1) + 1
+        raise InputError(source, [Problem(f"{source}:{line}:{col}", "the file looks binary (it contains NUL bytes); "
+                                          "give a JSON or JSONL text file")])
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -112,7 +132,8 @@ def decode(raw: bytes, source: str, limits: Limits) -> str:
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise InputError(
             source,
-            [Problem(f"{source}:{line}:{col}", f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8")],
+            [Problem(f"{source}:{line}:{col}",
+                     f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8")],
         ) from e
 
 
@@ -120,12 +141,49 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, max(pos, 0)) + 1
 
 
-def _array_entries(text: str, source: str) -> Iterator[tuple[str, int, Any]]:
-    """Each element of a top-level JSON array with the line it starts on."""
+def _line_col(text: str, pos: int) -> str:
+    return f"{_line_of(text, pos)}:{pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
+
+
+def _undecodable(e: Exception, text: str, start: int) -> tuple[int, str]:
+    """Where and why the JSON decoder failed with something other than a syntax error: a value
+    nested too deeply for it (RecursionError) or an integer too long to convert (ValueError)."""
+    limit = sys.get_int_max_str_digits() or 10**9
+    tokens = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|\d{' + str(limit + 1) + ",}")
+    depth = 0
+    for m in tokens.finditer(text, start):
+        tok = m.group()
+        if tok in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH and isinstance(e, RecursionError):
+                return m.start(), f"the JSON is nested more than {MAX_DEPTH} levels deep; flatten it"
+        elif tok in ("]", "}"):
+            depth -= 1
+        elif tok[0].isdigit() and not isinstance(e, RecursionError):
+            return m.start(), f"a number has more than {limit} digits; shorten it or write it as a string"
+    if isinstance(e, RecursionError):
+        return start, f"the JSON is nested more than {MAX_DEPTH} levels deep; flatten it"
+    return start, f"malformed JSON: {e}"
+
+
+def _array_entries(
+    text: str, source: str, start: int | None = None, closer: str = ""
+) -> Iterator[tuple[str, int, Any]]:
+    """Each element of a JSON array (the first "[", or the one at `start`) with the line it starts
+    on. After the array only whitespace may follow, or `closer` (the "}" of {"tasks": [...]})."""
     dec = json.JSONDecoder()
-    pos = text.index("[") + 1
+    pos = (text.index("[") if start is None else start) + 1
     n = len(text)
     index = 0
+    # Lines are counted from the previous element on, not from the top: a file of 100,000 tasks
+    # would otherwise be rescanned 100,000 times.
+    line, counted = 1, 0
+
+    def line_at(p: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, p)
+        counted = p
+        return line
 
     def skip(p: int) -> int:
         while p < n and text[p] in " \t\r\n":
@@ -134,30 +192,59 @@ def _array_entries(text: str, source: str) -> Iterator[tuple[str, int, Any]]:
 
     pos = skip(pos)
     if pos < n and text[pos] == "]":
-        _expect_end(text, skip(pos + 1), source)
+        _expect_end(text, skip(pos + 1), source, closer)
         return
     while True:
         pos = skip(pos)
         try:
             value, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise InputError(source, [Problem(f"{source}:{e.lineno}:{e.colno}", f"malformed JSON in tasks[{index}]: {e.msg}")]) from e
-        yield f"{source}:{_line_of(text, pos)}: tasks[{index}]", _line_of(text, pos), value
+            raise InputError(
+                source, [Problem(f"{source}:{e.lineno}:{e.colno}", f"malformed JSON in tasks[{index}]: {e.msg}")]
+            ) from e
+        except (RecursionError, ValueError) as e:
+            bad, msg = _undecodable(e, text, pos)
+            raise InputError(source, [Problem(f"{source}:{_line_col(text, bad)}: tasks[{index}]", msg)]) from None
+        at = line_at(pos)
+        yield f"{source}:{at}: tasks[{index}]", at, value
         index += 1
         pos = skip(end)
         if pos < n and text[pos] == ",":
             pos += 1
             continue
         if pos < n and text[pos] == "]":
-            _expect_end(text, skip(pos + 1), source)
+            _expect_end(text, skip(pos + 1), source, closer)
             return
-        line = _line_of(text, pos)
-        raise InputError(source, [Problem(f"{source}:{line}", "malformed JSON: expected ',' or ']' after a task")])
+        raise InputError(source, [Problem(f"{source}:{_line_col(text, pos)}",
+                                          "malformed JSON: expected ',' or ']' after a task")])
 
 
-def _expect_end(text: str, pos: int, source: str) -> None:
+def _expect_end(text: str, pos: int, source: str, closer: str = "") -> None:
+    if closer:
+        if not text.startswith(closer, pos):
+            raise InputError(
+                source, [Problem(f"{source}:{_line_of(text, pos)}", f"malformed JSON: expected {closer!r}")]
+            )
+        pos += len(closer)
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
     if pos < len(text):
-        raise InputError(source, [Problem(f"{source}:{_line_of(text, pos)}", "malformed JSON: extra data after the list")])
+        raise InputError(
+            source, [Problem(f"{source}:{_line_of(text, pos)}", "malformed JSON: extra data after the list")]
+        )
+
+
+def _wrapped_entries(text: str, source: str, tasks: list[Any]) -> list[tuple[str, int, Any]]:
+    """The entries of {"tasks": [...]} with their lines where the plain layout allows finding them."""
+    head = _TASKS_HEAD.match(text)
+    if head:
+        try:
+            entries = list(_array_entries(text, source, head.end(), closer="}"))
+        except InputError:
+            entries = []
+        if len(entries) == len(tasks):
+            return [(f"{source}:{line}: tasks[{i}]", line, v) for i, (_w, line, v) in enumerate(entries)]
+    return [(f"{source}: tasks[{i}]", 0, v) for i, v in enumerate(tasks)]
 
 
 def _jsonl_entries(text: str, source: str) -> Iterator[tuple[str, int, Any]]:
@@ -170,6 +257,9 @@ def _jsonl_entries(text: str, source: str) -> Iterator[tuple[str, int, Any]]:
             entries.append((f"{source}:{lineno}", lineno, json.loads(line)))
         except json.JSONDecodeError as e:
             problems.append(Problem(f"{source}:{lineno}:{e.colno}", f"malformed JSON line: {e.msg}"))
+        except (RecursionError, ValueError) as e:
+            pos, msg = _undecodable(e, line, 0)
+            problems.append(Problem(f"{source}:{lineno}:{pos + 1}", msg))
     if problems:
         raise InputError(source, problems)
     yield from entries
@@ -188,7 +278,8 @@ def _validate_all(entries: list[tuple[str, int, Any]], source: str, limits: Limi
             problems.extend(e.problems)
             continue
         if task.custom_id in seen:
-            problems.append(Problem(where, f"duplicate custom_id {task.custom_id!r} (first at {seen[task.custom_id]})"))
+            problems.append(Problem(where, f"duplicate custom_id {task.custom_id!r} (first at {seen[task.custom_id]}); "
+                                    "give each task its own custom_id"))
             continue
         seen[task.custom_id] = where
         tasks.append(task)
@@ -205,25 +296,34 @@ class _TaskProblems(Exception):
 def to_task(value: Any, where: str, limits: Limits) -> Task:
     if not isinstance(value, dict):
         raise _TaskProblems([Problem(where, f"a task must be a JSON object, not {_json_type(value)}")])
-    if "body" in value or "url" in value or "method" in value:
-        value = _from_batch_line(value, where)
     cid = value.get("custom_id")
     if isinstance(cid, str) and cid:
         where = f"{where} ({cid[:60]!r})"
+    # Values no later step can handle (too deep, unpaired surrogates, NaN, non-JSON Python objects)
+    # are reported here, with their path, before they crash the checks below.
+    bad_values = _check_values(value, where)
+    if bad_values:
+        raise _TaskProblems(bad_values)
+    field = "input"
+    if "body" in value or "url" in value or "method" in value:
+        value, field = _from_batch_line(value, where), "body"
     problems = []
-    unknown = sorted(set(value) - TASK_FIELDS)
+    unknown = sorted(set(value) - TASK_FIELDS, key=str)
     for name in unknown:
-        problems.append(Problem(where, f"unknown field {name!r}; a task has custom_id, kind, input and options"))
+        close = difflib.get_close_matches(str(name), TASK_FIELDS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(Problem(f"{where}: {name}", f"unknown field; {hint}a task has custom_id, kind, input and "
+                                "options (remove the others)"))
     problems += _check_custom_id(cid, where)
     kind_name = value.get("kind")
     if kind_name is None:
-        problems.append(Problem(where, "missing field 'kind'"))
+        problems.append(Problem(f"{where}: kind", f"missing field 'kind'; add one of: {', '.join(KINDS)}"))
     elif not isinstance(kind_name, str) or kind_name not in KINDS:
         close = difflib.get_close_matches(str(kind_name), KINDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known kinds: {', '.join(KINDS)}"
         problems.append(Problem(f"{where}: kind", f"unknown kind {kind_name!r}{hint}"))
     if "input" not in value:
-        problems.append(Problem(where, "missing field 'input'"))
+        problems.append(Problem(f"{where}: input", "missing field 'input'; add the task's input object"))
     options = value.get("options", {})
     if options is None:
         options = {}
@@ -232,43 +332,103 @@ def to_task(value: Any, where: str, limits: Limits) -> Task:
     if problems:
         raise _TaskProblems(problems)
     kind = KINDS[kind_name]
-    try:
-        data = kind.input_model.model_validate(value["input"])
-    except ValidationError as e:
-        raise _TaskProblems(_pydantic_problems(e, f"{where}: input")) from e
-    try:
-        opts = kind.options_model.model_validate(options)
-    except ValidationError as e:
-        raise _TaskProblems(_pydantic_problems(e, f"{where}: options")) from e
+    data = _validate_model(kind.input_model, value["input"], f"{where}: {field}")
+    opts = _validate_model(kind.options_model, options, f"{where}: options")
+    assert isinstance(cid, str)  # _check_custom_id reported anything else
     task = Task(custom_id=cid, kind=kind_name, input=value["input"], options=options, origin=where)
     size = len(task.to_json())
     if size > limits.max_task_bytes:
-        raise _TaskProblems([Problem(where, f"the task is {size:,} bytes, over the {limits.max_task_bytes:,}-byte limit "
-                                     "(JOBCTL_MAX_TASK_BYTES)")])
-    body = kind.request(data, opts, limits.style)
-    need = estimate_tokens(body) + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+        raise _TaskProblems([Problem(where, f"the task is {size:,} bytes, over the {limits.max_task_bytes:,}-byte "
+                                     "limit; shorten it or raise JOBCTL_MAX_TASK_BYTES")])
+    try:
+        body = kind.request(data, opts, limits.style)
+        need = estimate_tokens(body) + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
+    except Exception as e:  # a kind's own code failing on an input its model let through
+        raise _TaskProblems([Problem(f"{where}: {field}", f"cannot be turned into a request ({type(e).__name__}: "
+                                     f"{e}); check it against the {kind_name!r} kind's fields")]) from e
     if need > limits.context_tokens:
-        raise _TaskProblems([Problem(where, f"the task needs about {need:,} tokens (prompt and max_tokens), more than the "
-                                     f"model's context of {limits.context_tokens:,} (JOBCTL_CONTEXT_TOKENS); shorten the input")])
+        raise _TaskProblems([Problem(where, f"the task needs about {need:,} tokens (prompt and max_tokens), more "
+                                     f"than the model's context of {limits.context_tokens:,} tokens; shorten the "
+                                     "input, lower max_tokens, or raise JOBCTL_CONTEXT_TOKENS")])
     return task
+
+
+def _validate_model(model: Any, value: Any, prefix: str) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        raise _TaskProblems(_pydantic_problems(e, prefix, model)) from e
+    except Exception as e:  # a validator that fails on an unexpected shape instead of reporting it
+        raise _TaskProblems([Problem(prefix, f"has an unexpected shape ({type(e).__name__}: {e}); check its fields "
+                                     "and their types")]) from e
 
 
 def _check_custom_id(cid: Any, where: str) -> list[Problem]:
     if cid is None:
-        return [Problem(where, "missing field 'custom_id'")]
+        return [Problem(f"{where}: custom_id", "missing field 'custom_id'; give each task a unique custom_id string")]
     if not isinstance(cid, str):
         return [Problem(f"{where}: custom_id", f"must be a string, not {_json_type(cid)}")]
     if not cid.strip():
-        return [Problem(f"{where}: custom_id", "must not be empty")]
+        return [Problem(f"{where}: custom_id", "must not be empty; give each task a unique custom_id")]
     if len(cid) > c.MAX_CUSTOM_ID_CHARS:
-        return [Problem(f"{where}: custom_id", f"is {len(cid)} characters, over the limit of {c.MAX_CUSTOM_ID_CHARS}")]
+        return [Problem(f"{where}: custom_id", f"is {len(cid)} characters, over the limit of {c.MAX_CUSTOM_ID_CHARS}; "
+                        "shorten it")]
     if any(unicodedata.category(ch) == "Cc" for ch in cid):
-        return [Problem(f"{where}: custom_id", "must not contain control characters")]
+        return [Problem(f"{where}: custom_id", "must not contain control characters (newlines, tabs...); remove them")]
     return []
 
 
+def _check_values(value: Any, where: str) -> list[Problem]:
+    """Values inside a task that are not plain JSON data, by path (depth-first, iterative)."""
+    problems: list[Problem] = []
+
+    def add(node: tuple[Any, Any] | None, message: str) -> None:
+        parts = []
+        while node is not None:
+            node, key = node
+            parts.append(str(key))
+        path = ".".join(reversed(parts))
+        path = path if len(path) <= 80 else path[:77] + "..."
+        problems.append(Problem(f"{where}: {path}" if path else where, message))
+
+    # Each entry: a value, its place as a (parent place, key) chain (None at the top), its depth.
+    stack: list[tuple[Any, tuple[Any, Any] | None, int]] = [(value, None, 0)]
+    while stack and len(problems) < 5:
+        v, node, depth = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                add(node, "contains an unpaired UTF-16 surrogate (like \\ud800); fix the escape")
+        elif isinstance(v, dict):
+            if depth >= MAX_DEPTH:
+                add(node, f"is nested more than {MAX_DEPTH} levels deep; flatten it")
+                continue
+            for k, child in reversed(v.items()):
+                if not isinstance(k, str):
+                    add(node, f"has a key {k!r} that is not a string; JSON keys are strings")
+                    continue
+                stack.append((child, (node, k), depth + 1))
+                stack.append((k, (node, k), depth + 1))
+        elif isinstance(v, list | tuple):
+            if depth >= MAX_DEPTH:
+                add(node, f"is nested more than {MAX_DEPTH} levels deep; flatten it")
+                continue
+            for i in range(len(v) - 1, -1, -1):
+                stack.append((v[i], (node, i), depth + 1))
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                add(node, "is NaN or infinite, which JSON does not allow; give a finite number")
+        elif v is not None and not isinstance(v, int):
+            add(node, f"holds a Python {type(v).__name__}, not a JSON value; use strings, numbers, lists and objects")
+    return problems
+
+
 def _from_batch_line(value: dict[str, Any], where: str) -> dict[str, Any]:
-    problems = [Problem(where, f"unknown field {k!r} in an OpenAI batch line") for k in sorted(set(value) - BATCH_LINE_FIELDS)]
+    problems = [
+        Problem(f"{where}: {k}", f"unknown field in an OpenAI batch line; a line has {', '.join(BATCH_LINE_ORDER)}")
+        for k in sorted(set(value) - BATCH_LINE_FIELDS, key=str)
+    ]
     method = value.get("method")
     if method != "POST":
         problems.append(Problem(f"{where}: method", f"must be \"POST\", not {method!r}"))
@@ -282,15 +442,35 @@ def _from_batch_line(value: dict[str, Any], where: str) -> dict[str, Any]:
     return {"custom_id": value.get("custom_id"), "kind": "chat", "input": value["body"]}
 
 
-def _pydantic_problems(e: ValidationError, prefix: str) -> list[Problem]:
+def _pydantic_problems(e: ValidationError, prefix: str, model: Any = None) -> list[Problem]:
     out = []
-    for err in e.errors(include_url=False, include_input=False):
+    # The input is read for its JSON type only: a message never quotes task content.
+    for err in e.errors(include_url=False, include_input=True):
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field; remove it or fix its spelling"
+            fields = _field_names(model) if len(err["loc"]) == 1 else []
+            close = difflib.get_close_matches(str(err["loc"][0]), fields, n=1) if fields else []
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+            elif fields:
+                msg += f" (known fields: {', '.join(fields)})"
+        elif err["type"] == "missing":
+            msg = "missing required field; add it"
+        elif err["type"].endswith(("_type", "_parsing")) and "input" in err:
+            got = _json_type(err["input"])
+            if got.split()[-1] not in msg:
+                msg += f" (got {got})"
         out.append(Problem(f"{prefix}.{loc}" if loc else prefix, msg))
     return out
+
+
+def _field_names(model: Any) -> list[str]:
+    fields = getattr(model, "model_fields", None) or {}
+    return [f.alias or name for name, f in fields.items()]
 
 
 def _json_type(v: Any) -> str:

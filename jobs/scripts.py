@@ -97,9 +97,11 @@ return 1
 """
 
 # KEYS: failed, job, queue. ARGV: job_id, now_str
+# The failure's result goes: a re-queued task must not read as failed, nor end with two results.
 RETRY = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('DEL', 'rq:results:' .. ARGV[1])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'enqueued_at', ARGV[2])
 redis.call('HDEL', KEYS[2], 'jobctl_abandons')
 redis.call('PERSIST', KEYS[2])

@@ -275,6 +275,50 @@ def serve_local(port: int) -> None:
         srv.stop()
 
 
+@cli.command()
+@click.option("--remote", is_flag=True, help="Drain on Modal's GPU: call the deployed Drainer (modal_worker.py).")
+@click.option("--wait/--no-wait", "wait_", default=True, show_default=True,
+              help="With --remote: wait for the drain's report, or return once it has started.")
+@click.option("--max-seconds", type=float, help="Stop claiming after this many seconds, then finish and exit.")
+@queue_option
+@json_option
+@click.pass_obj
+def drain(obj: Ctx, remote: bool, wait_: bool, max_seconds: float | None, queue: str | None, as_json: bool) -> None:
+    """Drain the queue once, until it is empty: here (like `jobctl worker --burst`), or on Modal with --remote.
+
+    --remote needs `pip install 'jobctl[modal]'`, a Modal login (`modal setup`) and the app
+    deployed once: `modal secret create jobctl REDIS_URL=... JOBCTL_KEY=... HF_TOKEN=...`,
+    then `modal deploy modal_worker.py`.
+    """
+    if not remote:
+        from producer.drain_cmd import run_worker
+
+        report = run(run_worker, obj.settings(queue=queue), True, max_seconds)
+        click.echo(json.dumps(report.as_dict()) if as_json else "\n".join(report.lines()))
+        return
+    try:
+        import modal_worker
+    except ImportError as e:
+        raise click.ClickException(
+            f"cannot load the Modal worker ({e}); `pip install 'jobctl[modal]'`, then `modal setup` and "
+            "`modal deploy modal_worker.py`"
+        ) from e
+    result = run(modal_worker.trigger_remote_drain, wait_, max_seconds, queue)
+    if as_json:
+        click.echo(json.dumps(result))
+    elif not wait_:
+        click.echo(f"remote drain started: {result['call_id']}")
+    else:
+        click.echo(f"queue {result['queue']}  model {result['model']}  stopped: {result['stop_reason']}")
+        click.echo(f"done {result['done']}  failed {result['failed']}  wall {result['wall_seconds']}s  "
+                   f"{result['jobs_per_second']} jobs/s")
+        timings = result.get("lifecycle", {}).get("timings", {})
+        if timings:
+            click.echo("vLLM: " + "  ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        for note in result.get("notes", []):
+            click.echo(note)
+
+
 def main() -> None:
     cli(prog_name="jobctl")
 

@@ -68,7 +68,11 @@ class Client:
             raise InputError(str(path), [Problem(str(path), f"the file is {size / 1e6:.1f} MB, over the "
                              f"{self.settings.max_file_bytes // (1024 * 1024)} MiB limit; split it into smaller "
                              "files (or raise JOBCTL_MAX_FILE_BYTES)")])
-        return parse_bytes(p.read_bytes(), str(path), self.limits())
+        try:
+            raw = p.read_bytes()
+        except OSError as e:  # a folder, or a file that went away or is unreadable
+            raise JobctlError(f"cannot read {path}: {e.strerror}") from e
+        return parse_bytes(raw, str(path), self.limits())
 
     def submit_file(self, path: str | Path, queue: str | None = None) -> SubmitResult:
         return self.submit_tasks(self.parse_file(path), queue)

@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from rq import Queue
+from rq.job import JobStatus
+from rq.utils import now
 from rq.serializers import JSONSerializer
 
 from jobs import constants as c
@@ -90,22 +94,19 @@ def enqueue_tasks(
                 fresh = _split_existing(pipe, tasks, ids, fps, job_keys)
                 pipe.multi()
                 if fresh:
-                    datas = [
-                        Queue.prepare_data(
-                            c.TASK_FUNC,
-                            args=[cipher.encrypt(tasks[i].to_json(), keys.payload_context(ids[i]))],
-                            job_id=ids[i],
-                            result_ttl=result_ttl,
-                            failure_ttl=result_ttl,
-                            timeout=job_timeout,
-                            description=f"jobctl task of {batch_id}",
-                        )
-                        for i in fresh
-                    ]
-                    queue.enqueue_many(datas, pipeline=pipe)
+                    template = _job_template(queue, ids[fresh[0]], result_ttl, job_timeout, batch_id)
                     for i in fresh:
-                        pipe.hset(job_keys[i], mapping={"jobctl_fp": fps[i], "jobctl_batch": batch_id})
-                    pipe.rpush(keys.batch_jobs_key(batch_id), *[ids[i] for i in fresh])
+                        token = cipher.encrypt(tasks[i].to_json(), keys.payload_context(ids[i]))
+                        pipe.hset(job_keys[i], mapping={
+                            **template,
+                            "data": zlib.compress(json.dumps([c.TASK_FUNC, None, [token], {}]).encode()),
+                            "jobctl_fp": fps[i],
+                        })
+                    pipe.sadd(Queue.redis_queues_keys, queue.key)
+                    fresh_ids = [ids[i] for i in fresh]
+                    for start in range(0, len(fresh_ids), 1000):
+                        pipe.rpush(queue.key, *fresh_ids[start : start + 1000])
+                        pipe.rpush(keys.batch_jobs_key(batch_id), *fresh_ids[start : start + 1000])
                 now = time.time()
                 pipe.hset(
                     keys.batch_key(batch_id),
@@ -125,9 +126,28 @@ def enqueue_tasks(
                 pipe.execute()
             except redis.WatchError:
                 continue
-        dup_ids = [tasks[i].custom_id for i in range(len(tasks)) if i not in set(fresh)]
+        fresh_set = set(fresh)
+        dup_ids = [tasks[i].custom_id for i in range(len(tasks)) if i not in fresh_set]
         return SubmitResult(batch_id, len(fresh), len(tasks) - len(fresh), queue_name, dup_ids)
     raise JobctlError("the queue kept changing while submitting (another submit of the same tasks?); try again")
+
+
+def _job_template(queue: Queue, first_id: str, result_ttl: int, job_timeout: int, batch_id: str) -> dict[str, Any]:
+    """The job hash RQ itself would write (built by RQ once per batch), less the per-task `data`.
+
+    RQ's enqueue_many costs ~100 us a job in Python; writing the same fields straight into the
+    transaction is what lets a 10,000-task file go in within a couple of seconds.
+    """
+    job = queue.create_job(c.TASK_FUNC, args=[""], job_id=first_id, result_ttl=result_ttl, failure_ttl=result_ttl,
+                           timeout=job_timeout, description=f"jobctl task of {batch_id}", status=JobStatus.QUEUED)
+    job.origin = queue.name
+    job.enqueued_at = now()
+    # Empty fields are left out: RQ reads a missing field as empty, and each one costs at this volume.
+    mapping = {k: v for k, v in job.to_dict().items() if v != ""}
+    mapping["status"] = JobStatus.QUEUED.value
+    mapping["jobctl_batch"] = batch_id
+    mapping.pop("data", None)
+    return mapping
 
 
 def _split_existing(

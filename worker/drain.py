@@ -8,6 +8,13 @@ in batched pipelines. Each claimed task holds a lease in RQ's started registry t
 loop renews; a task whose worker died is put back once its lease runs out, by whichever
 worker looks next. A result is written only by the worker that still holds the lease,
 so two workers on one queue never both write one task.
+
+When the model server goes away (every connection refused), the drain does not fail task
+after task with `connection_error`: after `Policy.unreachable_after` refused connections in
+a row across tasks (any answer from the server resets the count), or when a task would fail
+on a refusal that follows another, it stops with ServerUnreachableError and hands its
+running tasks back to the queue (worker.llm's ServerHealth). Tasks already finished stay
+written; a worker run once the server is back takes up the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from openai import AsyncOpenAI
@@ -27,7 +35,7 @@ from jobs import results as r
 from jobs.crypto import Cipher, CryptoError
 from jobs.errors import JobctlError
 from jobs.tasks import Task
-from worker.llm import FatalServerError, Policy, TaskOutcome, run_task
+from worker.llm import FatalServerError, Policy, ServerHealth, TaskOutcome, run_task
 from worker.report import DrainReport
 from worker.state import Claimed, Finish, QueueState
 
@@ -64,6 +72,7 @@ class Drainer:
         self.client = client
         self.opt = options
         self.policy = policy or Policy()
+        self.health = ServerHealth()
         name = options.worker_name or f"jobctl-{socket.gethostname()}-{os.getpid()}"
         self.state = QueueState(connection, options.queue, name, options.lease_seconds, options.result_ttl)
         self.report = DrainReport(queue=options.queue)
@@ -114,7 +123,10 @@ class Drainer:
                         self.state.heartbeat([cl.member for cl, _ in self._inflight.values()])
                         last_beat = now
                     if now - last_sweep >= max(1.0, self.opt.lease_seconds / 2):
-                        self.report.requeued_abandoned += self.state.requeue_abandoned()[0]
+                        requeued = self.state.requeue_abandoned()[0]
+                        self.report.requeued_abandoned += requeued
+                        # Claim them next round: a burst drain must not call the queue empty now.
+                        claimed_any = claimed_any or requeued > 0
                         last_sweep = now
                     redis_down_since = None
                 except redis.ConnectionError as e:
@@ -175,7 +187,8 @@ class Drainer:
                 outcome = TaskOutcome(False, {"custom_id": "", "code": r.UNREADABLE,
                                               "message": f"the task could not be read: {e}"}, 0)
             else:
-                outcome = await run_task(self.client, self.report.model, task, self.opt.style, self.policy)
+                outcome = await run_task(self.client, self.report.model, task, self.opt.style, self.policy,
+                                         self.health)
             self.handle_outcome(cl, outcome)
         except FatalServerError as e:
             self._fatal = e
@@ -232,8 +245,12 @@ class Drainer:
 
     def _others_running(self) -> bool:
         # Tasks other workers hold: a burst drain waits for them, so a dead worker's tasks
-        # (put back when their leases run out) are not left behind.
-        return self.state.running() > len(self._inflight)
+        # (put back when their leases run out) are not left behind. Tasks put back into the
+        # queue since this round's claim (released, re-queued, retried) are not left behind either.
+        try:
+            return self.state.running() > len(self._inflight) or self.state.depth() > 0
+        except redis.ConnectionError:
+            return True  # Redis went away after this round's calls: the loop's next round waits for it
 
     async def _wind_down(self) -> None:
         if self._inflight:
@@ -298,15 +315,11 @@ def install_signal_handlers(drainer: Drainer) -> None:
             pass
 
 
-def make_client(base_url: str, api_key: str | None, concurrency: int, timeout: float) -> AsyncOpenAI:
-    """One AsyncOpenAI client whose connection pool fits the concurrency (the default keeps 100)."""
-    import httpx2
-    import openai
+def make_client(base_url: str, api_key: str | None, concurrency: int, timeout: float) -> Any:
+    """The drain's client: AsyncOpenAI shards whose pools together fit the concurrency (worker.http)."""
+    from worker.http import ShardedClient
 
-    limits = httpx2.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-    http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
-    return AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout,
-                       http_client=http)
+    return ShardedClient(base_url, api_key, concurrency, timeout)
 
 
 async def drain_queue(connection: redis.Redis, cipher: Cipher, base_url: str, api_key: str | None,

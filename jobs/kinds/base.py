@@ -26,6 +26,9 @@ class NoOptions(Strict):
     pass
 
 
+_HINTS: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}
+
+
 class Kind:
     """A task kind. Subclasses set the class attributes and `messages`."""
 
@@ -50,14 +53,24 @@ class Kind:
         msgs = self.messages(data, options)
         if schema is not None:
             # Small models follow a schema better when they can read it, as well as being held to it.
-            hint = "Answer with one JSON object that matches this JSON schema:\n" + json.dumps(schema)
-            msgs = [{"role": "system", "content": f"{self.system}\n\n{hint}".strip()}, *msgs]
+            msgs = [{"role": "system", "content": self._system_with(schema)}, *msgs]
         body: dict[str, Any] = {"messages": msgs, "max_tokens": getattr(options, "max_tokens", None) or self.max_tokens}
         temperature = getattr(options, "temperature", None)
         body["temperature"] = 0.0 if temperature is None else temperature
         if schema is not None:
             body["response_format"] = response_format(self.name, schema, style)
         return body
+
+    def _system_with(self, schema: dict[str, Any]) -> str:
+        # Schemas come from caches, so one dumps per schema object serves every task that uses it.
+        key = (self.name, id(schema))
+        cached = _HINTS.get(key)
+        if cached is None or cached[0] is not schema:
+            hint = "Answer with one JSON object that matches this JSON schema:\n" + json.dumps(schema)
+            if len(_HINTS) > 512:
+                _HINTS.clear()
+            cached = _HINTS[key] = (schema, f"{self.system}\n\n{hint}".strip())
+        return cached[1]
 
     def parse_output(self, content: str | None, data: Any, options: Any) -> Any:
         """The validated answer: a JSON value for typed kinds, None for free text."""
@@ -85,7 +98,10 @@ def parse_json_output(content: str | None, schema: dict[str, Any]) -> Any:
         value = json.loads(content)
     except json.JSONDecodeError as e:
         raise OutputInvalid(f"the answer is not valid JSON ({e.msg} at char {e.pos})") from e
-    errors = sorted(_validator(schema).iter_errors(value), key=lambda err: list(err.path))
+    validator = _validator(schema)
+    if validator.is_valid(value):
+        return value
+    errors = sorted(validator.iter_errors(value), key=lambda err: list(err.path))
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
@@ -94,22 +110,28 @@ def parse_json_output(content: str | None, schema: dict[str, Any]) -> Any:
     return value
 
 
-_VALIDATORS: dict[str, Any] = {}
+_VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
+_VALIDATORS_BY_TEXT: dict[str, Any] = {}
 
 
 def _validator(schema: dict[str, Any]) -> Any:
-    # Building a validator costs far more than using one; a drain checks thousands of answers per schema.
+    # Building a validator costs far more than using one, and a drain checks thousands of answers
+    # per schema. Cached schema objects hit by identity; per-task schemas (extract) by their text.
+    hit = _VALIDATORS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
     key = json.dumps(schema, sort_keys=True)
-    v = _VALIDATORS.get(key)
+    v = _VALIDATORS_BY_TEXT.get(key)
     if v is None:
-        if len(_VALIDATORS) > 512:
+        if len(_VALIDATORS_BY_TEXT) > 512:
+            _VALIDATORS_BY_TEXT.clear()
             _VALIDATORS.clear()
-        v = _VALIDATORS[key] = jsonschema.Draft202012Validator(schema)
+        v = _VALIDATORS_BY_TEXT[key] = jsonschema.Draft202012Validator(schema)
+    _VALIDATORS[id(schema)] = (schema, v)
     return v
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
     """A conservative token count for a request: about 3 bytes per token for mixed text."""
     text = "".join(str(m.get("content", "")) for m in body.get("messages", []))
-    text += json.dumps(body.get("response_format", ""))
     return len(text.encode()) // 3 + 8 * len(body.get("messages", []))

@@ -1,0 +1,73 @@
+"""Helpers shared by the benchmark scripts: task generation, subprocess timing with CPU use."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SUBJECTS = ["Dentist on Friday?", "Rent from January", "Invoice 2231 overdue", "Dinner Saturday",
+            "Your statement is ready", "School trip form", "Flight change", "Quarterly review notes"]
+
+
+def triage_tasks(n: int, prefix: str = "t") -> list[dict[str, Any]]:
+    return [
+        {"custom_id": f"{prefix}-{i}", "kind": "email.triage",
+         "input": {"from": f"person{i % 97}@example.org", "subject": SUBJECTS[i % len(SUBJECTS)],
+                   "body": f"Hi, message number {i}. Could you get back to me about this by Thursday? "
+                           "Thanks, and have a good week."}}
+        for i in range(n)
+    ]
+
+
+@dataclass
+class Timed:
+    wall: float
+    cpu: float
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def run_timed(cmd: list[str], env: dict[str, str], timeout: float = 900) -> Timed:
+    """Run a command; wall time and the CPU seconds (user+sys) of it and its children."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(wall, cpu, p.returncode, p.stdout, p.stderr)
+
+
+def start_fake(port: int, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(port), *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening" not in line:
+        raise RuntimeError(f"fake server did not start: {line!r}")
+    return proc
+
+
+def env_with(**kv: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(kv)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def dump(path: str | None, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text)

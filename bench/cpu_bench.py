@@ -1,0 +1,125 @@
+"""CPU-machine benchmark, every comparison in one run (these machines are noisy, so ratios matter).
+
+Against an instant fake OpenAI server (a subprocess on the same cores):
+  - submit: a 10,000-task file validated, encrypted and enqueued (tasks/s), and RQ's bare enqueue_many
+  - drain: `jobctl worker --burst` at --concurrency (jobs/s, CPU ms per job)
+  - blast: the same requests fired with AsyncOpenAI at the same concurrency, no Redis (req/s, CPU ms/request)
+  - RQ SimpleWorker and RQ's forking Worker running the same jobs one at a time (jobs/s)
+
+    python bench/cpu_bench.py --redis-url redis://127.0.0.1:6379/14 --tasks 5000 --concurrency 64 --out x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from bench.common import dump, env_with, run_timed, start_fake, triage_tasks
+from jobs.config import Settings
+from jobs.crypto import generate_key
+from producer.client import Client
+
+
+def submit_bench(settings: Settings, conn: redis.Redis, n: int) -> dict:
+    path = Path(tempfile.mkdtemp()) / "tasks.json"
+    path.write_text(json.dumps(triage_tasks(n, "s")))
+    client = Client(settings, connection=conn)
+    t0 = time.perf_counter()
+    res = client.submit_file(path)
+    wall = time.perf_counter() - t0
+    conn.flushdb()
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    q = Queue("plain", connection=conn, serializer=JSONSerializer)
+    datas = [Queue.prepare_data("worker.task.perform_task", args=["x" * 400]) for _ in range(n)]
+    t1 = time.perf_counter()
+    q.enqueue_many(datas)
+    rq_wall = time.perf_counter() - t1
+    conn.flushdb()
+    return {"tasks": res.total, "submit_tasks_per_s": round(n / wall, 1),
+            "rq_enqueue_many_jobs_per_s": round(n / rq_wall, 1)}
+
+
+def fill(settings: Settings, conn: redis.Redis, n: int, prefix: str) -> None:
+    conn.flushdb()
+    Client(settings, connection=conn).submit(triage_tasks(n, prefix))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    ap.add_argument("--tasks", type=int, default=5000)
+    ap.add_argument("--submit-tasks", type=int, default=10000)
+    ap.add_argument("--rq-tasks", type=int, default=1000)
+    ap.add_argument("--fork-tasks", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--port", type=int, default=18123)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+
+    key = generate_key()
+    home = tempfile.mkdtemp()
+    settings = Settings.from_env(env={}, redis_url=a.redis_url, key=key, queue="bench", home=home)
+    conn = redis.Redis.from_url(a.redis_url)
+    conn.flushdb()
+    url = f"http://127.0.0.1:{a.port}/v1"
+    env = env_with(REDIS_URL=a.redis_url, JOBCTL_KEY=key, JOBCTL_QUEUE="bench", JOBCTL_HOME=home,
+                   OPENAI_BASE_URL=url, JOBCTL_MODEL="fake-model")
+    fake = start_fake(a.port)
+    out: dict = {"machine": "2-core CPU machine, fake server on the same cores", "concurrency": a.concurrency}
+    try:
+        out["submit"] = submit_bench(settings, conn, a.submit_tasks)
+
+        worker = [sys.executable, "-m", "producer.cli", "worker", "--burst", "--json", "-c", str(a.concurrency)]
+        idle = run_timed(worker, env)  # start-up cost alone (imports, connections), subtracted below
+        fill(settings, conn, a.tasks, "d")
+        t = run_timed(worker, env)
+        rep = json.loads(t.stdout)
+        assert rep["done"] == a.tasks, rep
+        out["drain"] = {"jobs": rep["done"], "jobs_per_s": rep["jobs_per_second"],
+                        "cpu_ms_per_job": round(1000 * (t.cpu - idle.cpu) / a.tasks, 3),
+                        "startup_cpu_s": round(idle.cpu, 2)}
+
+        b = run_timed([sys.executable, "-m", "bench.raw_blast", "--base-url", url, "--n", str(a.tasks),
+                       "--concurrency", str(a.concurrency), "--model", "fake-model"], env)
+        out["blast"] = json.loads(b.stdout)
+
+        rq_base = [sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", a.redis_url,
+                   "--serializer", "rq.serializers.JSONSerializer", "bench"]
+        for name, cls, n in (("rq_simple_worker", "rq.worker.SimpleWorker", a.rq_tasks),
+                             ("rq_forking_worker", "rq.worker.Worker", a.fork_tasks)):
+            conn.flushdb()
+            idle = run_timed([*rq_base, "-w", cls], env)
+            fill(settings, conn, n, name)
+            t = run_timed([*rq_base, "-w", cls], env)
+            done = len(conn.zrange("rq:finished:bench", 0, -1))
+            assert done == n, (name, done, t.stderr[-2000:])
+            out[name] = {"jobs": n, "jobs_per_s": round(n / max(1e-6, t.wall - idle.wall), 1)}
+        conn.flushdb()
+    finally:
+        fake.terminate()
+        fake.wait()
+    d, bl = out["drain"], out["blast"]
+    out["ratios"] = {
+        "drain_vs_blast": round(d["jobs_per_s"] / bl["req_per_s"], 3),
+        "drain_vs_simple_worker": round(d["jobs_per_s"] / out["rq_simple_worker"]["jobs_per_s"], 2),
+        "drain_vs_forking_worker": round(d["jobs_per_s"] / out["rq_forking_worker"]["jobs_per_s"], 2),
+    }
+    out["targets"] = {
+        "drain >= 80% of blast": out["ratios"]["drain_vs_blast"] >= 0.8,
+        "drain >= 2x SimpleWorker": out["ratios"]["drain_vs_simple_worker"] >= 2,
+        "cpu <= 2.5 ms/job": d["cpu_ms_per_job"] <= 2.5,
+        "submit >= 5000 tasks/s": out["submit"]["submit_tasks_per_s"] >= 5000,
+    }
+    dump(a.out, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The core pipeline, end to end on a real Redis against the fake server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.batch import Batch
+from producer.submit import ConflictError
+from tests.conftest import triage_task
+from tests.fake_openai import Fault, Reply
+
+
+def test_submit_drain_results(client, drain, fake):
+    sub = client.submit([triage_task(i) for i in range(10)])
+    assert (sub.total, sub.duplicates) == (10, 0)
+    assert client.status(sub.batch_id).status == "in_progress"
+    report = drain()
+    assert (report.done, report.failed) == (10, 0)
+    st = client.status(sub.batch_id)
+    assert st.status == "completed" and st.counts["completed"] == 10
+    lines = [o.line() for o in client.results(sub.batch_id)]
+    assert [ln["custom_id"] for ln in lines] == [f"mail-{i}" for i in range(10)]
+    parsed = lines[0]["response"]["body"]["choices"][0]["message"]["parsed"]
+    assert set(parsed) == {"category", "priority", "needs_reply", "reason"}
+    assert lines[0]["error"] is None and lines[0]["id"].startswith("batch_req_")
+
+
+def test_resubmit_same_content_is_duplicate(client, drain):
+    first = client.submit([triage_task(1), triage_task(2)])
+    again = client.submit([triage_task(1), triage_task(2), triage_task(3)])
+    assert (again.total, again.duplicates) == (1, 2)
+    drain()
+    after = client.submit([triage_task(1)])
+    assert (after.total, after.duplicates) == (0, 1)
+    assert client.status(first.batch_id).counts["completed"] == 2
+
+
+def test_changed_content_conflicts_and_enqueues_nothing(client, conn, settings):
+    client.submit([triage_task(1)])
+    depth = client.queue_depth()
+    with pytest.raises(ConflictError, match="mail-1"):
+        client.submit([triage_task(9), triage_task(1, body="something else")])
+    assert client.queue_depth() == depth
+
+
+def test_length_and_schema_failures_are_retried_then_failed(client, drain, fake):
+    fake.script(Fault.LENGTH, Fault.LENGTH, Reply('{"category": "nope"}'), Reply("not json"))
+    sub = client.submit([triage_task(1)])
+    sub2 = client.submit([triage_task(2)])
+    report = drain(concurrency=1)
+    assert report.failed == 2 and report.done == 0
+    errs = {o.custom_id: o.error["code"] for o in client.results(sub.batch_id)}
+    errs.update({o.custom_id: o.error["code"] for o in client.results(sub2.batch_id)})
+    assert errs == {"mail-1": "max_tokens_reached", "mail-2": "invalid_output"}
+
+
+def test_transient_errors_are_retried(client, drain, fake):
+    fake.script(Fault.HTTP_500, Fault.CLOSE, Fault.GARBAGE_BODY)
+    sub = client.submit([triage_task(1)])
+    report = drain(concurrency=1)
+    assert report.done == 1 and report.retries == 3
+    assert client.status(sub.batch_id).status == "completed"
+
+
+def test_keeps_many_requests_in_flight(client, drain, fake):
+    fake.latency = 0.2
+    client.submit([triage_task(i) for i in range(120)])
+    report = drain(concurrency=40)
+    assert report.done == 120
+    assert fake.stats.max_in_flight >= 30
+
+
+def test_retry_and_cancel(client, drain, fake):
+    fake.script(*([Fault.HTTP_500] * 8))
+    sub = client.submit([triage_task(1), triage_task(2)])
+    drain(concurrency=2)
+    assert client.status(sub.batch_id).counts["failed"] == 2
+    assert client.retry(sub.batch_id) == 2
+    drain()
+    assert client.status(sub.batch_id).counts["completed"] == 2
+    sub2 = client.submit([triage_task(3), triage_task(4)])
+    assert client.cancel(sub2.batch_id) == 2
+    assert client.status(sub2.batch_id).status == "cancelled"
+    assert drain().done == 0
+
+
+def test_rq_registries_show_state(client, drain, conn, settings):
+    from rq import Queue
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+    sub = client.submit([triage_task(1)])
+    q = Queue(settings.queue, connection=conn)
+    assert q.count == 1
+    drain()
+    assert q.count == 0
+    assert len(FinishedJobRegistry(queue=q)) == 1 and len(FailedJobRegistry(queue=q)) == 0
+    jid = Batch(sub.batch_id, conn).job_ids()[0]
+    assert conn.hget(f"rq:job:{jid}", "status") == b"finished"
+
+
+def test_openai_batch_jsonl_is_accepted(client, drain):
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": "x", "messages": [{"role": "user", "content": "hello"}]}})
+             for i in range(3)]
+    sub = client.submit_bytes("\n".join(lines).encode(), "b.jsonl")
+    drain()
+    out = [o.line() for o in client.results(sub.batch_id)]
+    assert [o["response"]["body"]["choices"][0]["message"]["content"] for o in out] == ["ok"] * 3
