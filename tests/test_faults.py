@@ -74,10 +74,24 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             p.wait(10)
 
 
-def spawn(procs: list[subprocess.Popen[bytes]], env: dict[str, str], *args: str, verbose: str = "",
-          stderr: Any = subprocess.PIPE, burst: bool = True) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "producer.cli", *([verbose] if verbose else []), "worker", "--json",
-           *(["--burst"] if burst else []), *args]
+def spawn(
+    procs: list[subprocess.Popen[bytes]],
+    env: dict[str, str],
+    *args: str,
+    verbose: str = "",
+    stderr: Any = subprocess.PIPE,
+    burst: bool = True,
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "producer.cli",
+        *([verbose] if verbose else []),
+        "worker",
+        "--json",
+        *(["--burst"] if burst else []),
+        *args,
+    ]
     p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr)
     procs.append(p)
     return p
@@ -101,8 +115,9 @@ def stream_lengths(conn: redis.Redis, job_ids: list[str]) -> list[int]:
         return [int(n) for n in p.execute()]
 
 
-def assert_settled(client: Client, conn: redis.Redis, batch_id: str, expected: list[str],
-                   cancelled: int = 0) -> list[Any]:
+def assert_settled(
+    client: Client, conn: redis.Redis, batch_id: str, expected: list[str], cancelled: int = 0
+) -> list[Any]:
     """The invariant: every expected custom_id has exactly one outcome, each failure a reason, each
     ended job one results-stream entry; nothing queued, nothing in started."""
     queue = client.settings.queue
@@ -164,19 +179,17 @@ def test_redis_restart_mid_drain(settings, fake, worker_env, procs, tmp_path):
         sub = client.submit(tasks)
         q = settings.queue
         env = {**worker_env, "REDIS_URL": rp.url, "JOBCTL_CONCURRENCY": "16"}
-        w = spawn(procs, env)
+        w = spawn(procs, env, verbose="-v")
         wait_for(lambda: done_count(conn, q) >= 40, 30, "a drain under way")
         rp.stop()
         time.sleep(2.5)
         assert w.poll() is None, "the worker gave up on Redis at once"
         rp.start()  # same port, same append-only file
         rc, report, err = finish(w, 90)
-        if rc != 0:
-            # Allowed: a clean exit that says why. A re-run must then finish the batch.
-            assert "Redis" in err and "Traceback" not in err, err
-            rc, report, err = finish(spawn(procs, env), 60)
-        assert rc == 0, err
-        assert report is not None
+        # The worker saw Redis go, kept its results, and carried on once Redis was back (its patience
+        # is 30 s); a worker that gives up must instead exit with a clear message, and a re-run finish.
+        assert "redis unreachable, retrying" in err
+        assert rc == 0 and report is not None and "Traceback" not in err, err[-3000:]
         assert_settled(client, conn, sub.batch_id, [t["custom_id"] for t in tasks])
         assert all(o.ok for o in client.results(sub.batch_id))
         conn.close()
@@ -195,13 +208,15 @@ def test_redis_gone_too_long_exits_cleanly(settings, fake, tmp_path):
     fake.latency = 0.05
 
     async def go(patience: float) -> Any:
-        opts = DrainOptions(queue=settings.queue, concurrency=8, lease_seconds=3, poll_interval=0.1,
-                            redis_patience=patience)
+        opts = DrainOptions(
+            queue=settings.queue, concurrency=8, lease_seconds=3, poll_interval=0.1, redis_patience=patience
+        )
         async with make_client(fake.url, None, 8, 5) as oa:
             return await Drainer(rconn, settings.cipher(), oa, opts, FAST).drain()
 
-    stopper = threading.Thread(target=lambda: (wait_for(lambda: done_count(rconn, settings.queue) >= 20, 30,
-                                                        "progress"), rp.stop()))
+    stopper = threading.Thread(
+        target=lambda: (wait_for(lambda: done_count(rconn, settings.queue) >= 20, 30, "progress"), rp.stop())
+    )
     stopper.start()
     try:
         with pytest.raises(RedisUnavailableError, match=r"unreachable for 2s.*run the worker again"):
@@ -266,7 +281,7 @@ def test_model_server_dies_mid_drain(client, conn, drain, settings):
     # Nothing burned to failed, nothing stuck: what did not finish is back in the queue.
     st = client.status(sub.batch_id)
     assert st.counts.get("failed", 0) == 0 and st.counts.get("running", 0) == 0
-    assert 60 <= st.counts["completed"] < 300 and st.counts["queued"] == 300 - st.counts["completed"]
+    assert 0 < st.counts["completed"] < 300 and st.counts["queued"] == 300 - st.counts["completed"]
     assert conn.zcard(keys.started_key(settings.queue)) == 0
     first = st.counts["completed"]
 

@@ -38,8 +38,29 @@ from tests.fake_openai import FakeOpenAI, Reply
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = uuid.uuid4().hex[:6]
-PLACES = ["cid", "from", "to", "subject", "body", "about", "instructions", "sign", "tone", "txdesc", "merchant",
-          "account", "category", "rules", "history", "chat", "chatcid", "extract", "answer", "bad", "cli"]
+PLACES = [
+    "cid",
+    "from",
+    "to",
+    "subject",
+    "body",
+    "about",
+    "instructions",
+    "sign",
+    "tone",
+    "txdesc",
+    "merchant",
+    "account",
+    "category",
+    "rules",
+    "history",
+    "chat",
+    "chatcid",
+    "extract",
+    "answer",
+    "bad",
+    "cli",
+]
 M = {p: f"PRIVMARK{p.upper()}{TAG}" for p in PLACES}
 
 
@@ -56,33 +77,73 @@ def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def private_tasks(suffix: str = "") -> list[dict[str, Any]]:
     return [
-        {"custom_id": f"t1-{M['cid']}{suffix}", "kind": "email.triage",
-         "input": {"from": f"{M['from']}@example.org", "to": f"{M['to']}@example.org",
-                   "subject": f"Re: {M['subject']}", "body": f"Hello, {M['body']} here."},
-         "options": {"about_me": f"I am {M['about']}"}},
-        {"custom_id": f"t2-{M['cid']}{suffix}", "kind": "email.triage",
-         "input": {"from": "a@example.org", "subject": "s", "body": f"second {M['body']}"}},
-        {"custom_id": f"t3-{M['cid']}{suffix}", "kind": "email.draft_reply",
-         "input": {"from": "b@example.org", "subject": M["subject"], "body": M["body"]},
-         "options": {"instructions": f"mention {M['instructions']}", "sign_as": M["sign"], "tone": M["tone"]}},
-        {"custom_id": f"t4-{M['cid']}{suffix}", "kind": "transaction.categorize",
-         "input": {"date": "2026-01-02", "description": f"CARD {M['txdesc']}", "amount": -12.5,
-                   "merchant": M["merchant"], "account": M["account"]},
-         "options": {"categories": [f"cat-{M['category']}", "other"], "rules": f"rule {M['rules']}"}},
-        {"custom_id": f"t5-{M['cid']}{suffix}", "kind": "transaction.flag",
-         "input": {"date": "2026-01-03", "description": M["txdesc"], "amount": -9.99,
-                   "history": [{"date": "2025-12-03", "description": M["history"], "amount": -9.99}]}},
-        {"custom_id": f"t6-{M['cid']}{suffix}", "kind": "chat",
-         "input": {"messages": [{"role": "user", "content": f"say {M['chat']}"}]}},
-        {"custom_id": f"t7-{M['cid']}{suffix}", "kind": "extract",
-         "input": {"text": f"text {M['extract']}",
-                   "schema": {"type": "object", "properties": {"x": {"type": "string"}}}}},
+        {
+            "custom_id": f"t1-{M['cid']}{suffix}",
+            "kind": "email.triage",
+            "input": {
+                "from": f"{M['from']}@example.org",
+                "to": f"{M['to']}@example.org",
+                "subject": f"Re: {M['subject']}",
+                "body": f"Hello, {M['body']} here.",
+            },
+            "options": {"about_me": f"I am {M['about']}"},
+        },
+        {
+            "custom_id": f"t2-{M['cid']}{suffix}",
+            "kind": "email.triage",
+            "input": {"from": "a@example.org", "subject": "s", "body": f"second {M['body']}"},
+        },
+        {
+            "custom_id": f"t3-{M['cid']}{suffix}",
+            "kind": "email.draft_reply",
+            "input": {"from": "b@example.org", "subject": M["subject"], "body": M["body"]},
+            "options": {"instructions": f"mention {M['instructions']}", "sign_as": M["sign"], "tone": M["tone"]},
+        },
+        {
+            "custom_id": f"t4-{M['cid']}{suffix}",
+            "kind": "transaction.categorize",
+            "input": {
+                "date": "2026-01-02",
+                "description": f"CARD {M['txdesc']}",
+                "amount": -12.5,
+                "merchant": M["merchant"],
+                "account": M["account"],
+            },
+            "options": {"categories": [f"cat-{M['category']}", "other"], "rules": f"rule {M['rules']}"},
+        },
+        {
+            "custom_id": f"t5-{M['cid']}{suffix}",
+            "kind": "transaction.flag",
+            "input": {
+                "date": "2026-01-03",
+                "description": M["txdesc"],
+                "amount": -9.99,
+                "history": [{"date": "2025-12-03", "description": M["history"], "amount": -9.99}],
+            },
+        },
+        {
+            "custom_id": f"t6-{M['cid']}{suffix}",
+            "kind": "chat",
+            "input": {"messages": [{"role": "user", "content": f"say {M['chat']}"}]},
+        },
+        {
+            "custom_id": f"t7-{M['cid']}{suffix}",
+            "kind": "extract",
+            "input": {
+                "text": f"text {M['extract']}",
+                "schema": {"type": "object", "properties": {"x": {"type": "string"}}},
+            },
+        },
     ]
 
 
 def batch_jsonl() -> bytes:
-    line = {"custom_id": f"r1-{M['chatcid']}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "x", "messages": [{"role": "user", "content": f"hi {M['chat']}"}]}}
+    line = {
+        "custom_id": f"r1-{M['chatcid']}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "x", "messages": [{"role": "user", "content": f"hi {M['chat']}"}]},
+    }
     return json.dumps(line).encode()
 
 
@@ -190,11 +251,13 @@ def test_no_plaintext_in_redis_or_logs(client, conn, settings, fake, drain, work
     with FakeOpenAI(api_key=api_key) as srv:
         srv.script(triage_answer(M["answer"]))
         env = {**worker_env, "OPENAI_BASE_URL": srv.url, "OPENAI_API_KEY": api_key}
-        submitted = subprocess.run(worker_cmd("-vv", "submit", str(task_file)), env=env, cwd=REPO,
-                                   capture_output=True, timeout=60)
+        submitted = subprocess.run(
+            worker_cmd("-vv", "submit", str(task_file)), env=env, cwd=REPO, capture_output=True, timeout=60
+        )
         assert submitted.returncode == 0, submitted.stderr.decode()
-        worked = subprocess.run(worker_cmd("-vv", "worker", "--burst", "--json"), env=env, cwd=REPO,
-                                capture_output=True, timeout=60)
+        worked = subprocess.run(
+            worker_cmd("-vv", "worker", "--burst", "--json"), env=env, cwd=REPO, capture_output=True, timeout=60
+        )
         assert worked.returncode == 0, worked.stderr.decode()[-3000:]
         assert srv.stats.requests >= len(tasks)
     assert json.loads(worked.stdout)["done"] == len(tasks)
@@ -221,8 +284,9 @@ def test_no_plaintext_in_redis_or_logs(client, conn, settings, fake, drain, work
 def test_wrong_key_is_named_and_tampering_detected(client, conn, settings, drain):
     sub = client.submit(private_tasks())
     drain()
-    other = Settings.from_env(env={}, redis_url=settings.redis_url, home=settings.home, key=generate_key(),
-                              queue=settings.queue)
+    other = Settings.from_env(
+        env={}, redis_url=settings.redis_url, home=settings.home, key=generate_key(), queue=settings.queue
+    )
     mine, theirs = settings.cipher().key_id, other.cipher().key_id
     with pytest.raises(DecryptError) as err:
         list(Client(other, connection=conn).results(sub.batch_id))
@@ -230,9 +294,13 @@ def test_wrong_key_is_named_and_tampering_detected(client, conn, settings, drain
     assert settings.key not in str(err.value) and other.key not in str(err.value)
 
     # A worker with the wrong key refuses the queue, naming both keys.
-    proc = subprocess.run(worker_cmd("worker", "--burst", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"),
-                          env={**_env(settings), "JOBCTL_KEY": other.key or ""}, cwd=REPO, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        worker_cmd("worker", "--burst", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"),
+        env={**_env(settings), "JOBCTL_KEY": other.key or ""},
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+    )
     stderr = proc.stderr.decode()
     assert proc.returncode == 1 and mine in stderr and theirs in stderr and "Traceback" not in stderr, stderr
 
@@ -253,8 +321,13 @@ def test_wrong_key_is_named_and_tampering_detected(client, conn, settings, drain
 def _env(settings: Settings) -> dict[str, str]:
     import os
 
-    return {**os.environ, "REDIS_URL": settings.redis_url or "", "JOBCTL_KEY": settings.key or "",
-            "JOBCTL_QUEUE": settings.queue, "JOBCTL_HOME": str(settings.home)}
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "JOBCTL_KEY": settings.key or "",
+        "JOBCTL_QUEUE": settings.queue,
+        "JOBCTL_HOME": str(settings.home),
+    }
 
 
 def test_queue_path_holds_json_not_pickle(client, conn, settings, drain, fake):
@@ -281,8 +354,19 @@ def test_queue_path_holds_json_not_pickle(client, conn, settings, drain, fake):
 
 
 # rq calls that fall back to pickle unless given `serializer=`.
-_RQ_SERIALIZED = {"Queue", "Job", "Result", "Worker", "SimpleWorker", "create", "fetch", "fetch_many", "restore",
-                  "fetch_latest", "all"}
+_RQ_SERIALIZED = {
+    "Queue",
+    "Job",
+    "Result",
+    "Worker",
+    "SimpleWorker",
+    "create",
+    "fetch",
+    "fetch_many",
+    "restore",
+    "fetch_latest",
+    "all",
+}
 _RQ_OWNERS = {"Queue", "Job", "Result", "Worker", "SimpleWorker"}
 
 
@@ -305,8 +389,10 @@ def test_no_pickle_in_package_sources():
                 fn = node.func
                 called = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
                 owner = fn.value.id if isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name) else called
-                if owner in _RQ_OWNERS and called in _RQ_SERIALIZED and not any(
-                    kw.arg == "serializer" for kw in node.keywords
+                if (
+                    owner in _RQ_OWNERS
+                    and called in _RQ_SERIALIZED
+                    and not any(kw.arg == "serializer" for kw in node.keywords)
                 ):
                     problems.append(f"{where}: {owner}.{called}() without serializer= falls back to pickle")
     assert not problems, "\n".join(problems)
@@ -315,8 +401,9 @@ def test_no_pickle_in_package_sources():
 
 def test_secrets_stay_out_of_reprs_and_errors(tmp_path):
     key, api_key = generate_key(), f"sk-{uuid.uuid4().hex}"
-    s = Settings.from_env(env={"JOBCTL_KEY": key, "OPENAI_API_KEY": api_key}, home=tmp_path,
-                          redis_url="redis://127.0.0.1:6379/13")
+    s = Settings.from_env(
+        env={"JOBCTL_KEY": key, "OPENAI_API_KEY": api_key}, home=tmp_path, redis_url="redis://127.0.0.1:6379/13"
+    )
     for text in (repr(s), str(s), repr(s.cipher()), repr(Client(s)), str(s.with_(queue="x"))):
         assert key not in text and api_key not in text, text
     assert s.cipher().key_id in repr(s.cipher())
@@ -347,22 +434,32 @@ def test_redis_password_stays_out_of_descriptions_errors_and_logs(settings, fake
             assert password not in str(err.value), err.value
 
         env = {**worker_env, "REDIS_URL": url}
-        proc = subprocess.run(worker_cmd("-vv", "worker", "--burst", "--json"), env=env, cwd=REPO,
-                              capture_output=True, timeout=60)
+        proc = subprocess.run(
+            worker_cmd("-vv", "worker", "--burst", "--json"), env=env, cwd=REPO, capture_output=True, timeout=60
+        )
         assert proc.returncode == 0, proc.stderr.decode()[-3000:]
         assert json.loads(proc.stdout)["done"] == len(private_tasks())
-        assert_no_markers(proc.stderr.decode() + proc.stdout.decode(), "`jobctl -vv worker` output",
-                          [password, settings.key or ""])
-        bad = subprocess.run(worker_cmd("-vv", "worker", "--burst"), cwd=REPO, capture_output=True, timeout=60,
-                             env={**env, "REDIS_URL": f"redis://:wrong{password}@127.0.0.1:{rp.port}/0"})
+        assert_no_markers(
+            proc.stderr.decode() + proc.stdout.decode(), "`jobctl -vv worker` output", [password, settings.key or ""]
+        )
+        bad = subprocess.run(
+            worker_cmd("-vv", "worker", "--burst"),
+            cwd=REPO,
+            capture_output=True,
+            timeout=60,
+            env={**env, "REDIS_URL": f"redis://:wrong{password}@127.0.0.1:{rp.port}/0"},
+        )
         assert bad.returncode != 0 and password not in (bad.stderr + bad.stdout).decode()
         client.connection.close()
     finally:
         rp.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/config.py (not this suite's file): Settings' dataclass repr shows "
-                   "redis_url with its password; mark the field repr=False or redact it in __repr__")
+@pytest.mark.xfail(
+    strict=True,
+    reason="jobs/config.py (not this suite's file): Settings' dataclass repr shows "
+    "redis_url with its password; mark the field repr=False or redact it in __repr__",
+)
 def test_settings_repr_hides_redis_password(tmp_path):
     s = Settings.from_env(env={}, home=tmp_path, redis_url="redis://:s3cretpw@127.0.0.1:6379/13")
     assert "s3cretpw" not in repr(s)
