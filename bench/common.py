@@ -15,16 +15,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SUBJECTS = ["Dentist on Friday?", "Rent from January", "Invoice 2231 overdue", "Dinner Saturday",
-            "Your statement is ready", "School trip form", "Flight change", "Quarterly review notes"]
+SUBJECTS = [
+    "Dentist on Friday?",
+    "Rent from January",
+    "Invoice 2231 overdue",
+    "Dinner Saturday",
+    "Your statement is ready",
+    "School trip form",
+    "Flight change",
+    "Quarterly review notes",
+]
 
 
 def triage_tasks(n: int, prefix: str = "t") -> list[dict[str, Any]]:
     return [
-        {"custom_id": f"{prefix}-{i}", "kind": "email.triage",
-         "input": {"from": f"person{i % 97}@example.org", "subject": SUBJECTS[i % len(SUBJECTS)],
-                   "body": f"Hi, message number {i}. Could you get back to me about this by Thursday? "
-                           "Thanks, and have a good week."}}
+        {
+            "custom_id": f"{prefix}-{i}",
+            "kind": "email.triage",
+            "input": {
+                "from": f"person{i % 97}@example.org",
+                "subject": SUBJECTS[i % len(SUBJECTS)],
+                "body": f"Hi, message number {i}. Could you get back to me about this by Thursday? "
+                "Thanks, and have a good week.",
+            },
+        }
         for i in range(n)
     ]
 
@@ -50,8 +64,13 @@ def run_timed(cmd: list[str], env: dict[str, str], timeout: float = 900) -> Time
 
 
 def start_fake(port: int, *extra: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(port), *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--port", str(port), *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "listening" not in line:

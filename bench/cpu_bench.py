@@ -43,8 +43,11 @@ def submit_bench(settings: Settings, conn: redis.Redis, n: int) -> dict:
     q.enqueue_many(datas)
     rq_wall = time.perf_counter() - t1
     conn.flushdb()
-    return {"tasks": res.total, "submit_tasks_per_s": round(n / wall, 1),
-            "rq_enqueue_many_jobs_per_s": round(n / rq_wall, 1)}
+    return {
+        "tasks": res.total,
+        "submit_tasks_per_s": round(n / wall, 1),
+        "rq_enqueue_many_jobs_per_s": round(n / rq_wall, 1),
+    }
 
 
 def fill(settings: Settings, conn: redis.Redis, n: int, prefix: str) -> None:
@@ -70,8 +73,14 @@ def main() -> None:
     conn = redis.Redis.from_url(a.redis_url)
     conn.flushdb()
     url = f"http://127.0.0.1:{a.port}/v1"
-    env = env_with(REDIS_URL=a.redis_url, JOBCTL_KEY=key, JOBCTL_QUEUE="bench", JOBCTL_HOME=home,
-                   OPENAI_BASE_URL=url, JOBCTL_MODEL="fake-model")
+    env = env_with(
+        REDIS_URL=a.redis_url,
+        JOBCTL_KEY=key,
+        JOBCTL_QUEUE="bench",
+        JOBCTL_HOME=home,
+        OPENAI_BASE_URL=url,
+        JOBCTL_MODEL="fake-model",
+    )
     fake = start_fake(a.port)
     out: dict = {"machine": "2-core CPU machine, fake server on the same cores", "concurrency": a.concurrency}
     try:
@@ -83,18 +92,47 @@ def main() -> None:
         t = run_timed(worker, env)
         rep = json.loads(t.stdout)
         assert rep["done"] == a.tasks, rep
-        out["drain"] = {"jobs": rep["done"], "jobs_per_s": rep["jobs_per_second"],
-                        "cpu_ms_per_job": round(1000 * (t.cpu - idle.cpu) / a.tasks, 3),
-                        "startup_cpu_s": round(idle.cpu, 2)}
+        out["drain"] = {
+            "jobs": rep["done"],
+            "jobs_per_s": rep["jobs_per_second"],
+            "cpu_ms_per_job": round(1000 * (t.cpu - idle.cpu) / a.tasks, 3),
+            "startup_cpu_s": round(idle.cpu, 2),
+        }
 
-        b = run_timed([sys.executable, "-m", "bench.raw_blast", "--base-url", url, "--n", str(a.tasks),
-                       "--concurrency", str(a.concurrency), "--model", "fake-model"], env)
+        b = run_timed(
+            [
+                sys.executable,
+                "-m",
+                "bench.raw_blast",
+                "--base-url",
+                url,
+                "--n",
+                str(a.tasks),
+                "--concurrency",
+                str(a.concurrency),
+                "--model",
+                "fake-model",
+            ],
+            env,
+        )
         out["blast"] = json.loads(b.stdout)
 
-        rq_base = [sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", a.redis_url,
-                   "--serializer", "rq.serializers.JSONSerializer", "bench"]
-        for name, cls, n in (("rq_simple_worker", "rq.worker.SimpleWorker", a.rq_tasks),
-                             ("rq_forking_worker", "rq.worker.Worker", a.fork_tasks)):
+        rq_base = [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "--burst",
+            "-u",
+            a.redis_url,
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+            "bench",
+        ]
+        for name, cls, n in (
+            ("rq_simple_worker", "rq.worker.SimpleWorker", a.rq_tasks),
+            ("rq_forking_worker", "rq.worker.Worker", a.fork_tasks),
+        ):
             conn.flushdb()
             idle = run_timed([*rq_base, "-w", cls], env)
             fill(settings, conn, n, name)

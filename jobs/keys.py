@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jobs import constants as c
 from jobs.crypto import Cipher
 
@@ -57,3 +59,8 @@ def payload_context(jid: str) -> str:
 
 def result_context(jid: str) -> str:
     return f"result:{jid}"
+
+
+def text(value: bytes | str | Any) -> str:
+    """A Redis reply as str (redis-py types replies as bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

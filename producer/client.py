@@ -1,10 +1,10 @@
 """The Python API: what the CLI does, for automation scripts, without the shell.
 
-    client = Client(queue="mail")            # flags as keyword arguments; else env; else defaults
-    sub = client.submit([{"custom_id": "m1", "kind": "email.triage", "input": {...}}])
-    client.drain(base_url="http://127.0.0.1:8000/v1")     # or leave it to a worker / Modal
-    status = client.wait(sub.batch_id)
-    for line in client.results(sub.batch_id): print(line.line())
+client = Client(queue="mail")            # flags as keyword arguments; else env; else defaults
+sub = client.submit([{"custom_id": "m1", "kind": "email.triage", "input": {...}}])
+client.drain(base_url="http://127.0.0.1:8000/v1")     # or leave it to a worker / Modal
+status = client.wait(sub.batch_id)
+for line in client.results(sub.batch_id): print(line.line())
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,17 @@ class Client:
             raise JobctlError(f"cannot read {path}: {e.strerror}") from e
         if size > self.settings.max_file_bytes:
             # Refused before reading: a 100 MB file is not loaded to be told it is too big.
-            raise InputError(str(path), [Problem(str(path), f"the file is {size / 1e6:.1f} MB, over the "
-                             f"{self.settings.max_file_bytes // (1024 * 1024)} MiB limit; split it into smaller "
-                             "files (or raise JOBCTL_MAX_FILE_BYTES)")])
+            raise InputError(
+                str(path),
+                [
+                    Problem(
+                        str(path),
+                        f"the file is {size / 1e6:.1f} MB, over the "
+                        f"{self.settings.max_file_bytes // (1024 * 1024)} MiB limit; split it into smaller "
+                        "files (or raise JOBCTL_MAX_FILE_BYTES)",
+                    )
+                ],
+            )
         try:
             raw = p.read_bytes()
         except OSError as e:  # a folder, or a file that went away or is unreadable
@@ -104,8 +113,13 @@ class Client:
                 continue  # expired between the index read and now
         return out
 
-    def wait(self, batch_id: str, timeout: float | None = None, poll: float = 1.0,
-             on_progress: Callable[[BatchStatus], None] | None = None) -> BatchStatus:
+    def wait(
+        self,
+        batch_id: str,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        on_progress: Callable[[BatchStatus], None] | None = None,
+    ) -> BatchStatus:
         end = time.monotonic() + timeout if timeout else None
         while True:
             st = self.status(batch_id)
@@ -114,8 +128,10 @@ class Client:
             if st.done:
                 return st
             if end and time.monotonic() > end:
-                raise TimeoutError(f"batch {batch_id} still has {st.counts.get('queued', 0)} queued and "
-                                   f"{st.counts.get('running', 0)} running tasks after {timeout}s")
+                raise TimeoutError(
+                    f"batch {batch_id} still has {st.counts.get('queued', 0)} queued and "
+                    f"{st.counts.get('running', 0)} running tasks after {timeout}s"
+                )
             time.sleep(poll)
 
     def results(self, batch_id: str) -> Iterator[Outcome]:
@@ -137,8 +153,11 @@ class Client:
         with self.connection.pipeline(transaction=False) as p:
             for jid, st in zip(ids, statuses, strict=True):
                 if st == "queued":
-                    scripts.cancel(keys=[keys.queue_key(queue), keys.job_key(jid), keys.canceled_key(queue)],
-                                   args=[jid, now + self.settings.result_ttl, _iso(now)], client=p)
+                    scripts.cancel(
+                        keys=[keys.queue_key(queue), keys.job_key(jid), keys.canceled_key(queue)],
+                        args=[jid, now + self.settings.result_ttl, _iso(now)],
+                        client=p,
+                    )
             p.hset(keys.batch_key(batch_id), "cancelled_at", now)
             res = p.execute()
         return sum(int(x) for x in res[:-1])
@@ -154,8 +173,11 @@ class Client:
         with self.connection.pipeline(transaction=False) as p:
             for jid, st in zip(ids, statuses, strict=True):
                 if st == "failed":
-                    scripts.retry(keys=[keys.failed_key(queue), keys.job_key(jid), keys.queue_key(queue)],
-                                  args=[jid, now], client=p)
+                    scripts.retry(
+                        keys=[keys.failed_key(queue), keys.job_key(jid), keys.queue_key(queue)],
+                        args=[jid, now],
+                        client=p,
+                    )
             p.hdel(keys.batch_key(batch_id), "cancelled_at")
             res = p.execute()
         return sum(int(x) for x in res[:-1])
@@ -165,8 +187,9 @@ class Client:
 
     # -- draining in-process -------------------------------------------------------------------
 
-    def drain(self, base_url: str | None = None, burst: bool = True, max_seconds: float | None = None,
-              **options: Any) -> Any:
+    def drain(
+        self, base_url: str | None = None, burst: bool = True, max_seconds: float | None = None, **options: Any
+    ) -> Any:
         from worker.drain import DrainOptions, drain_queue
         from worker.llm import Policy
 
@@ -174,16 +197,33 @@ class Client:
         url = base_url or s.base_url
         if not url:
             raise JobctlError("no model server: pass base_url or set OPENAI_BASE_URL")
-        opts = DrainOptions(queue=s.queue, model=s.model, concurrency=s.concurrency, burst=burst,
-                            max_seconds=max_seconds, lease_seconds=s.lease_seconds, result_ttl=s.result_ttl,
-                            style=s.structured_output, **options)
-        return asyncio.run(drain_queue(self.connection, self.cipher, url, s.api_key, opts,
-                                       Policy(max_attempts=s.max_attempts), timeout=s.request_timeout))
+        opts = DrainOptions(
+            queue=s.queue,
+            model=s.model,
+            concurrency=s.concurrency,
+            burst=burst,
+            max_seconds=max_seconds,
+            lease_seconds=s.lease_seconds,
+            result_ttl=s.result_ttl,
+            style=s.structured_output,
+            **options,
+        )
+        return asyncio.run(
+            drain_queue(
+                self.connection,
+                self.cipher,
+                url,
+                s.api_key,
+                opts,
+                Policy(max_attempts=s.max_attempts),
+                timeout=s.request_timeout,
+            )
+        )
 
 
 def _iso(ts: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from rq.utils import utcformat
 
-    return utcformat(datetime.fromtimestamp(ts, tz=timezone.utc))
+    return utcformat(datetime.fromtimestamp(ts, tz=UTC))

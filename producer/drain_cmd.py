@@ -27,9 +27,25 @@ def run_worker(settings: Settings, burst: bool, max_seconds: float | None) -> Dr
 
 
 def _drain(settings: Settings, conn, cipher, url: str, burst: bool, max_seconds: float | None) -> DrainReport:  # type: ignore[no-untyped-def]
-    opts = DrainOptions(queue=settings.queue, model=settings.model, concurrency=settings.concurrency, burst=burst,
-                        max_seconds=max_seconds, lease_seconds=settings.lease_seconds,
-                        result_ttl=settings.result_ttl, style=settings.structured_output)
-    return asyncio.run(drain_queue(conn, cipher, url, settings.api_key, opts,
-                                   Policy(max_attempts=settings.max_attempts), signals=True,
-                                   timeout=settings.request_timeout))
+    opts = DrainOptions(
+        queue=settings.queue,
+        model=settings.model,
+        concurrency=settings.concurrency,
+        burst=burst,
+        max_seconds=max_seconds,
+        lease_seconds=settings.lease_seconds,
+        result_ttl=settings.result_ttl,
+        style=settings.structured_output,
+    )
+    return asyncio.run(
+        drain_queue(
+            conn,
+            cipher,
+            url,
+            settings.api_key,
+            opts,
+            Policy(max_attempts=settings.max_attempts),
+            signals=True,
+            timeout=settings.request_timeout,
+        )
+    )

@@ -42,13 +42,21 @@ def model_path() -> Path:
 
 def command(port: int, threads: int | None = None, n_ctx: int = 8192) -> list[str]:
     return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path()),
-        "--model_alias", MODEL_ALIAS,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", str(n_ctx),
-        "--n_threads", str(threads or max(1, (os.cpu_count() or 2))),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path()),
+        "--model_alias",
+        MODEL_ALIAS,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads or max(1, (os.cpu_count() or 2))),
     ]
 
 
@@ -80,8 +88,10 @@ class LocalServer:
         end = time.monotonic() + self.startup_timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise LocalServerError(f"the local model server exited with code {self.proc.returncode}"
-                                       + (f"; see {self.log_path}" if self.log_path else ""))
+                raise LocalServerError(
+                    f"the local model server exited with code {self.proc.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
             if _ready(self.base_url):
                 return self
             time.sleep(0.3)

@@ -27,8 +27,17 @@ def status_table(states: list[BatchStatus]) -> None:
         d = s.as_dict()
         rc = d["request_counts"]
         created = datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M")
-        t.add_row(s.id, s.queue, s.status, created, str(rc["total"]), str(rc["completed"]), str(rc["failed"]),
-                  str(d["queued"]), str(d["running"]))
+        t.add_row(
+            s.id,
+            s.queue,
+            s.status,
+            created,
+            str(rc["total"]),
+            str(rc["completed"]),
+            str(rc["failed"]),
+            str(d["queued"]),
+            str(d["running"]),
+        )
     console.print(t)
 
 
@@ -52,14 +61,24 @@ def results_table(outcomes: list[Outcome]) -> None:
 
 def wait_with_progress(client: Any, batch: str, timeout: float | None, quiet: bool) -> BatchStatus:
     end = time.monotonic() + timeout if timeout else None
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet,
+    ) as bar:
         task = bar.add_task(batch, total=None)
         while True:
             st: BatchStatus = client.status(batch)
             finished = st.counts.get("completed", 0) + st.counts.get("failed", 0) + st.counts.get("cancelled", 0)
-            bar.update(task, total=st.total, completed=finished,
-                       description=f"{batch} {st.status} ({st.counts.get('running', 0)} running)")
+            bar.update(
+                task,
+                total=st.total,
+                completed=finished,
+                description=f"{batch} {st.status} ({st.counts.get('running', 0)} running)",
+            )
             if st.done:
                 return st
             if end and time.monotonic() > end:

@@ -2,7 +2,8 @@
 
 A task whose custom_id is already in the queue with the same content (queued, running,
 done or failed) is a duplicate: it is reported and not enqueued again, so cron can re-run
-a submit safely. A custom_id that comes back with different content is a conflict: the
+a submit safely. The new batch still lists it (`total` counts every task of the file,
+`duplicates` those already there), so its status and results cover the whole file. A custom_id that comes back with different content is a conflict: the
 whole submit is refused, because silently replacing or skipping a changed task would lose
 work either way. Pick a new custom_id for changed content.
 """
@@ -19,8 +20,8 @@ from typing import Any
 import redis
 from rq import Queue
 from rq.job import JobStatus
-from rq.utils import now
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from jobs import constants as c
 from jobs import keys
@@ -65,9 +66,9 @@ def check_queue_key(conn: redis.Redis, cipher: Cipher, queue: str) -> None:
     """Refuse to mix keys in one queue: a worker holds one key and could read none of the others."""
     conn.hsetnx(c.QUEUE_KEY_IDS, queue, cipher.key_id)
     held = conn.hget(c.QUEUE_KEY_IDS, queue)
-    if held is not None and held.decode() != cipher.key_id:
+    if held is not None and keys.text(held) != cipher.key_id:
         raise DecryptError(
-            f"queue {queue!r} holds tasks encrypted with key {held.decode()}, but the configured key is "
+            f"queue {queue!r} holds tasks encrypted with key {keys.text(held)}, but the configured key is "
             f"{cipher.key_id}; set JOBCTL_KEY to the queue's key or use another --queue"
         )
 
@@ -97,22 +98,28 @@ def enqueue_tasks(
                     template = _job_template(queue, ids[fresh[0]], result_ttl, job_timeout, batch_id)
                     for i in fresh:
                         token = cipher.encrypt(tasks[i].to_json(), keys.payload_context(ids[i]))
-                        pipe.hset(job_keys[i], mapping={
-                            **template,
-                            "data": zlib.compress(json.dumps([c.TASK_FUNC, None, [token], {}]).encode()),
-                            "jobctl_fp": fps[i],
-                        })
+                        pipe.hset(
+                            job_keys[i],
+                            mapping={
+                                **template,
+                                "data": zlib.compress(json.dumps([c.TASK_FUNC, None, [token], {}]).encode()),
+                                "jobctl_fp": fps[i],
+                            },
+                        )
                     pipe.sadd(Queue.redis_queues_keys, queue.key)
                     fresh_ids = [ids[i] for i in fresh]
                     for start in range(0, len(fresh_ids), 1000):
                         pipe.rpush(queue.key, *fresh_ids[start : start + 1000])
-                        pipe.rpush(keys.batch_jobs_key(batch_id), *fresh_ids[start : start + 1000])
+                # Duplicates stay in the batch as references to the job already queued or done, so
+                # the batch of a cron re-run shows (and `results` returns) every task of its file.
+                for start in range(0, len(ids), 1000):
+                    pipe.rpush(keys.batch_jobs_key(batch_id), *ids[start : start + 1000])
                 now = time.time()
                 pipe.hset(
                     keys.batch_key(batch_id),
                     mapping={
                         "queue": queue_name,
-                        "total": len(fresh),
+                        "total": len(tasks),
                         "duplicates": len(tasks) - len(fresh),
                         "created_at": now,
                         "result_ttl": result_ttl,
@@ -120,26 +127,33 @@ def enqueue_tasks(
                 )
                 # The batch record lives a little longer than its results, then goes with them.
                 pipe.expire(keys.batch_key(batch_id), result_ttl + 86400)
-                if fresh:
-                    pipe.expire(keys.batch_jobs_key(batch_id), result_ttl + 86400)
+                pipe.expire(keys.batch_jobs_key(batch_id), result_ttl + 86400)
                 pipe.zadd(c.BATCHES_INDEX, {batch_id: now})
                 pipe.execute()
             except redis.WatchError:
                 continue
         fresh_set = set(fresh)
         dup_ids = [tasks[i].custom_id for i in range(len(tasks)) if i not in fresh_set]
-        return SubmitResult(batch_id, len(fresh), len(tasks) - len(fresh), queue_name, dup_ids)
+        return SubmitResult(batch_id, len(tasks), len(tasks) - len(fresh), queue_name, dup_ids)
     raise JobctlError("the queue kept changing while submitting (another submit of the same tasks?); try again")
 
 
-def _job_template(queue: Queue, first_id: str, result_ttl: int, job_timeout: int, batch_id: str) -> dict[str, Any]:
+def _job_template(queue: Queue, first_id: str, result_ttl: int, job_timeout: int, batch_id: str) -> dict[Any, Any]:
     """The job hash RQ itself would write (built by RQ once per batch), less the per-task `data`.
 
     RQ's enqueue_many costs ~100 us a job in Python; writing the same fields straight into the
     transaction is what lets a 10,000-task file go in within a couple of seconds.
     """
-    job = queue.create_job(c.TASK_FUNC, args=[""], job_id=first_id, result_ttl=result_ttl, failure_ttl=result_ttl,
-                           timeout=job_timeout, description=f"jobctl task of {batch_id}", status=JobStatus.QUEUED)
+    job = queue.create_job(
+        c.TASK_FUNC,
+        args=[""],
+        job_id=first_id,
+        result_ttl=result_ttl,
+        failure_ttl=result_ttl,
+        timeout=job_timeout,
+        description=f"jobctl task of {batch_id}",
+        status=JobStatus.QUEUED,
+    )
     job.origin = queue.name
     job.enqueued_at = now()
     # Empty fields are left out: RQ reads a missing field as empty, and each one costs at this volume.

@@ -21,7 +21,7 @@ from jobs.config import Settings
 from jobs.crypto import generate_key
 from producer.client import Client
 from tests.fake_openai import FakeOpenAI
-from worker.drain import DrainOptions, Drainer, make_client
+from worker.drain import Drainer, DrainOptions, make_client
 from worker.llm import Policy
 from worker.report import DrainReport
 
@@ -57,9 +57,23 @@ class RedisProcess:
     def start(self) -> RedisProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
         for _ in range(100):
@@ -112,8 +126,9 @@ def key() -> str:
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path, key: str) -> Settings:
-    return Settings.from_env(env={}, redis_url=redis_url, home=tmp_path / "home", key=key,
-                             queue=f"q{uuid.uuid4().hex[:8]}", lease_seconds=3)
+    return Settings.from_env(
+        env={}, redis_url=redis_url, home=tmp_path / "home", key=key, queue=f"q{uuid.uuid4().hex[:8]}", lease_seconds=3
+    )
 
 
 @pytest.fixture
@@ -135,8 +150,14 @@ def drain(settings: Settings, conn: redis.Redis, fake: FakeOpenAI) -> Callable[.
     """Drain the test queue in-process (burst) against the fake server; keyword arguments override options."""
 
     def run(base_url: str | None = None, policy: Policy = FAST, timeout: float = 10.0, **kw: Any) -> DrainReport:
-        opts = DrainOptions(queue=settings.queue, concurrency=kw.pop("concurrency", 16), burst=kw.pop("burst", True),
-                            lease_seconds=settings.lease_seconds, poll_interval=0.1, **kw)
+        opts = DrainOptions(
+            queue=settings.queue,
+            concurrency=kw.pop("concurrency", 16),
+            burst=kw.pop("burst", True),
+            lease_seconds=settings.lease_seconds,
+            poll_interval=0.1,
+            **kw,
+        )
 
         async def go() -> DrainReport:
             async with make_client(base_url or fake.url, None, opts.concurrency, timeout) as oa:
@@ -148,15 +169,26 @@ def drain(settings: Settings, conn: redis.Redis, fake: FakeOpenAI) -> Callable[.
 
 
 def triage_task(i: int | str, body: str = "Can we move the dentist appointment to Friday?") -> dict[str, Any]:
-    return {"custom_id": f"mail-{i}", "kind": "email.triage",
-            "input": {"from": "ana@example.org", "subject": f"Question {i}", "body": body}}
+    return {
+        "custom_id": f"mail-{i}",
+        "kind": "email.triage",
+        "input": {"from": "ana@example.org", "subject": f"Question {i}", "body": body},
+    }
 
 
 @pytest.fixture
 def worker_env(settings: Settings, fake: FakeOpenAI) -> dict[str, str]:
     """Environment for a worker or CLI subprocess that targets the test Redis, key, queue and fake server."""
     env = dict(os.environ)
-    env.update({"REDIS_URL": settings.redis_url or "", "JOBCTL_KEY": settings.key or "",
-                "JOBCTL_QUEUE": settings.queue, "JOBCTL_HOME": str(settings.home), "OPENAI_BASE_URL": fake.url,
-                "JOBCTL_LEASE_SECONDS": str(settings.lease_seconds), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url or "",
+            "JOBCTL_KEY": settings.key or "",
+            "JOBCTL_QUEUE": settings.queue,
+            "JOBCTL_HOME": str(settings.home),
+            "OPENAI_BASE_URL": fake.url,
+            "JOBCTL_LEASE_SECONDS": str(settings.lease_seconds),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env

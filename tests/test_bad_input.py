@@ -470,7 +470,7 @@ def test_batch_line_with_a_malformed_response_format(client, conn):
         "response_format": {"type": "json_schema", "json_schema": 5},
     }
     raw = as_jsonl([batch_line("r1", body=body)])
-    assert_refused(client, conn, raw, "b.jsonl", "b.jsonl:1 ('r1'): body", "unexpected shape")
+    assert_refused(client, conn, raw, "b.jsonl", "b.jsonl:1 ('r1'): body.response_format", "must be an object")
 
 
 # -- size limits ------------------------------------------------------------------------------------

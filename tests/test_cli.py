@@ -130,7 +130,7 @@ def test_submit_prints_the_batch_id(jobctl, client, tasks_file):
     result = jobctl("submit", str(tasks_file))
     batch_id = result.stdout.strip()
     assert batch_id.startswith("batch_") and "\n" not in batch_id
-    assert "submitted 3 tasks" in result.stderr
+    assert "submitted 3 new tasks" in result.stderr
     assert client.queue_depth() == 3
     assert client.status(batch_id).total == 3
 
@@ -167,7 +167,7 @@ def test_resubmit_reports_duplicates(jobctl, client, tasks_file, tmp_path):
     more = tmp_path / "more.json"
     more.write_text(json.dumps([triage_task(i) for i in range(5)]))
     sub = submit_json(jobctl, more)
-    assert (sub["total"], sub["duplicates"]) == (2, 3)
+    assert (sub["total"], sub["duplicates"]) == (5, 3)
     assert sub["batch_id"] != first["batch_id"]
     assert client.queue_depth() == 5
 
@@ -257,9 +257,10 @@ def test_wait_times_out_on_a_pending_batch(jobctl, tasks_file):
     assert "not done after 0.6s" in result.output
 
 
-def test_submit_wait_json(jobctl, tasks_file):
-    # --wait on a batch of duplicates only: nothing to run, done at once.
+def test_submit_wait_json(jobctl, fake, tasks_file):
+    # --wait on a batch of duplicates of finished tasks: nothing to run, done at once.
     submit_json(jobctl, tasks_file)
+    worker(jobctl, fake)
     result = jobctl("submit", str(tasks_file), "--json", "--wait")
     assert json.loads(result.stdout.splitlines()[0])["duplicates"] == 3
 

@@ -30,10 +30,12 @@ def test_submit_drain_results(client, drain, fake):
 def test_resubmit_same_content_is_duplicate(client, drain):
     first = client.submit([triage_task(1), triage_task(2)])
     again = client.submit([triage_task(1), triage_task(2), triage_task(3)])
-    assert (again.total, again.duplicates) == (1, 2)
+    assert (again.total, again.duplicates) == (3, 2)
     drain()
     after = client.submit([triage_task(1)])
-    assert (after.total, after.duplicates) == (0, 1)
+    assert (after.total, after.duplicates) == (1, 1)
+    assert client.status(after.batch_id).status == "completed"
+    assert [o.custom_id for o in client.results(after.batch_id)] == ["mail-1"]
     assert client.status(first.batch_id).counts["completed"] == 2
 
 
@@ -101,9 +103,17 @@ def test_rq_registries_show_state(client, drain, conn, settings):
 
 
 def test_openai_batch_jsonl_is_accepted(client, drain):
-    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": {"model": "x", "messages": [{"role": "user", "content": "hello"}]}})
-             for i in range(3)]
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "x", "messages": [{"role": "user", "content": "hello"}]},
+            }
+        )
+        for i in range(3)
+    ]
     sub = client.submit_bytes("\n".join(lines).encode(), "b.jsonl")
     drain()
     out = [o.line() for o in client.results(sub.batch_id)]

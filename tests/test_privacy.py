@@ -455,11 +455,6 @@ def test_redis_password_stays_out_of_descriptions_errors_and_logs(settings, fake
         rp.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/config.py (not this suite's file): Settings' dataclass repr shows "
-    "redis_url with its password; mark the field repr=False or redact it in __repr__",
-)
 def test_settings_repr_hides_redis_password(tmp_path):
     s = Settings.from_env(env={}, home=tmp_path, redis_url="redis://:s3cretpw@127.0.0.1:6379/13")
     assert "s3cretpw" not in repr(s)

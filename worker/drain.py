@@ -65,8 +65,14 @@ class DrainOptions:
 
 
 class Drainer:
-    def __init__(self, connection: redis.Redis, cipher: Cipher, client: AsyncOpenAI, options: DrainOptions,
-                 policy: Policy | None = None):
+    def __init__(
+        self,
+        connection: redis.Redis,
+        cipher: Cipher,
+        client: AsyncOpenAI,
+        options: DrainOptions,
+        policy: Policy | None = None,
+    ):
         self.conn = connection
         self.cipher = cipher
         self.client = client
@@ -97,8 +103,9 @@ class Drainer:
         self.report.model = self.opt.model or await self._discover_model()
         self._check_key()
         self.report.requeued_abandoned += self._guard(self.state.requeue_abandoned)[0]
-        log.info("drain start: queue=%s concurrency=%d model=%s", self.opt.queue, self.opt.concurrency,
-                 self.report.model)
+        log.info(
+            "drain start: queue=%s concurrency=%d model=%s", self.opt.queue, self.opt.concurrency, self.report.model
+        )
         last_beat = last_sweep = time.monotonic()
         redis_down_since: float | None = None
         try:
@@ -163,8 +170,12 @@ class Drainer:
             await self._wind_down()
             self.report.wall_seconds = time.monotonic() - t0
             self.report.stop_reason = self.report.stop_reason or self._stopping or "error"
-            log.info("drain end: done=%d failed=%d wall=%.2fs", self.report.done, self.report.failed,
-                     self.report.wall_seconds)
+            log.info(
+                "drain end: done=%d failed=%d wall=%.2fs",
+                self.report.done,
+                self.report.failed,
+                self.report.wall_seconds,
+            )
         return self.report
 
     # -- steps -------------------------------------------------------------------------------
@@ -184,11 +195,11 @@ class Drainer:
             try:
                 task = Task.from_json(self.cipher.decrypt(cl.payload(), f"task:{cl.job_id}"))
             except (CryptoError, ValueError, KeyError) as e:
-                outcome = TaskOutcome(False, {"custom_id": "", "code": r.UNREADABLE,
-                                              "message": f"the task could not be read: {e}"}, 0)
+                outcome = TaskOutcome(
+                    False, {"custom_id": "", "code": r.UNREADABLE, "message": f"the task could not be read: {e}"}, 0
+                )
             else:
-                outcome = await run_task(self.client, self.report.model, task, self.opt.style, self.policy,
-                                         self.health)
+                outcome = await run_task(self.client, self.report.model, task, self.opt.style, self.policy, self.health)
             self.handle_outcome(cl, outcome)
         except FatalServerError as e:
             self._fatal = e
@@ -197,8 +208,9 @@ class Drainer:
             raise
         except Exception as e:  # one task's bug must not stop the drain
             log.exception("task %s crashed the worker code", cl.job_id)
-            self.handle_outcome(cl, TaskOutcome(False, {"custom_id": "", "code": "worker_error",
-                                                        "message": type(e).__name__}, 0))
+            self.handle_outcome(
+                cl, TaskOutcome(False, {"custom_id": "", "code": "worker_error", "message": type(e).__name__}, 0)
+            )
 
     def handle_outcome(self, cl: Claimed, outcome: TaskOutcome) -> None:
         jid = cl.job_id
@@ -272,8 +284,10 @@ class Drainer:
         try:
             models = await self.client.models.list()
         except Exception as e:
-            raise JobctlError(f"cannot list the server's models ({type(e).__name__}); is the server up at "
-                              f"{self.client.base_url}? Pass --model to skip this check") from e
+            raise JobctlError(
+                f"cannot list the server's models ({type(e).__name__}); is the server up at "
+                f"{self.client.base_url}? Pass --model to skip this check"
+            ) from e
         if not models.data:
             raise JobctlError("the server lists no models; pass --model")
         return models.data[0].id
@@ -322,9 +336,16 @@ def make_client(base_url: str, api_key: str | None, concurrency: int, timeout: f
     return ShardedClient(base_url, api_key, concurrency, timeout)
 
 
-async def drain_queue(connection: redis.Redis, cipher: Cipher, base_url: str, api_key: str | None,
-                      options: DrainOptions, policy: Policy | None = None, signals: bool = False,
-                      timeout: float = 120.0) -> DrainReport:
+async def drain_queue(
+    connection: redis.Redis,
+    cipher: Cipher,
+    base_url: str,
+    api_key: str | None,
+    options: DrainOptions,
+    policy: Policy | None = None,
+    signals: bool = False,
+    timeout: float = 120.0,
+) -> DrainReport:
     client = make_client(base_url, api_key, options.concurrency, timeout)
     async with client:
         drainer = Drainer(connection, cipher, client, options, policy)

@@ -19,15 +19,21 @@ SHARD_CONNECTIONS = 16
 
 
 class ShardedClient:
-    def __init__(self, base_url: str, api_key: str | None, concurrency: int, timeout: float,
-                 per_shard: int = SHARD_CONNECTIONS):
+    def __init__(
+        self, base_url: str, api_key: str | None, concurrency: int, timeout: float, per_shard: int = SHARD_CONNECTIONS
+    ):
         n = max(1, -(-concurrency // per_shard))
         size = -(-concurrency // n) + 2
         self.shards = [
-            AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout,
-                        http_client=openai.DefaultAsyncHttpxClient(
-                            limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
-                            timeout=timeout))
+            AsyncOpenAI(
+                base_url=base_url,
+                api_key=api_key or "none",
+                max_retries=0,
+                timeout=timeout,
+                http_client=openai.DefaultAsyncHttpxClient(
+                    limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size), timeout=timeout
+                ),
+            )
             for _ in range(n)
         ]
         self._load = [0] * n

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
@@ -76,8 +76,15 @@ class TaskOutcome:
 
 
 class _Retry(Exception):
-    def __init__(self, code: str, message: str, output: bool = False, status: int | None = None, body: Any = None,
-                 refused: bool = False):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        output: bool = False,
+        status: int | None = None,
+        body: Any = None,
+        refused: bool = False,
+    ):
         super().__init__(message)
         self.code, self.message, self.output, self.status, self.body = code, message, output, status, body
         self.refused = refused  # no connection could be made: nothing listens there now
@@ -87,13 +94,21 @@ class _Final(_Retry):
     pass
 
 
-async def run_task(client: AsyncOpenAI, model: str, task: Task, style: str, policy: Policy,
-                   health: ServerHealth | None = None) -> TaskOutcome:
+async def run_task(
+    client: AsyncOpenAI, model: str, task: Task, style: str, policy: Policy, health: ServerHealth | None = None
+) -> TaskOutcome:
     try:
         data, options, body = task.build(style)
     except Exception as e:  # validated at submit; a worker with other kinds may still disagree
-        return TaskOutcome(False, {"custom_id": task.custom_id, "code": r.INVALID_TASK,
-                                   "message": f"the task no longer validates: {type(e).__name__}"}, 0)
+        return TaskOutcome(
+            False,
+            {
+                "custom_id": task.custom_id,
+                "code": r.INVALID_TASK,
+                "message": f"the task no longer validates: {type(e).__name__}",
+            },
+            0,
+        )
     kind = task.kind_impl
     attempts = output_attempts = 0
     retried: list[str] = []
@@ -110,16 +125,23 @@ async def run_task(client: AsyncOpenAI, model: str, task: Task, style: str, poli
             parsed = _check(completion, kind, data, options)
             if parsed is not None:
                 completion["choices"][0]["message"]["parsed"] = parsed
-            record = {"custom_id": task.custom_id, "status_code": 200, "request_id": completion.get("id", ""),
-                      "body": completion, "attempts": attempts}
+            record = {
+                "custom_id": task.custom_id,
+                "status_code": 200,
+                "request_id": completion.get("id", ""),
+                "body": completion,
+                "attempts": attempts,
+            }
             return TaskOutcome(True, record, attempts, prompt_tokens, completion_tokens, retried)
         except FatalServerError:
             raise
         except _Retry as e:
             if e.output:
                 output_attempts += 1
-            give_up = isinstance(e, _Final) or attempts >= policy.max_attempts or (
-                e.output and output_attempts >= policy.max_output_attempts
+            give_up = (
+                isinstance(e, _Final)
+                or attempts >= policy.max_attempts
+                or (e.output and output_attempts >= policy.max_output_attempts)
             )
             if health is not None and e.refused:
                 health.in_a_row += 1
@@ -173,29 +195,38 @@ async def _call(client: AsyncOpenAI, model: str, body: dict[str, Any]) -> dict[s
         text = str(e.message).lower()
         if "context" in text or "too long" in text or ("maximum" in text and "token" in text):
             raise _Final(r.CONTEXT_TOO_LONG, "the prompt does not fit the model's context", status=e.status_code) from e
-        raise _Final(r.BAD_REQUEST, f"the server rejected the request ({e.status_code}): {_safe(e)}",
-                     status=e.status_code) from e
+        raise _Final(
+            r.BAD_REQUEST, f"the server rejected the request ({e.status_code}): {_safe(e)}", status=e.status_code
+        ) from e
     except openai.APIResponseValidationError as e:
         raise _Retry(r.SERVER_ERROR, "the server's answer was not a chat completion") from e
     if not _is_completion(resp):
         raise _Retry(r.SERVER_ERROR, "the server's answer was not a chat completion")
-    completion: dict[str, Any] = resp
-    return completion
+    return cast(dict[str, Any], resp)
 
 
 def _is_completion(resp: Any) -> bool:
     if not isinstance(resp, dict):
         return False
     choices = resp.get("choices")
-    return bool(choices) and isinstance(choices, list) and isinstance(choices[0], dict) and isinstance(
-        choices[0].get("message"), dict)
+    return (
+        bool(choices)
+        and isinstance(choices, list)
+        and isinstance(choices[0], dict)
+        and isinstance(choices[0].get("message"), dict)
+    )
 
 
 def _check(completion: dict[str, Any], kind: Any, data: Any, options: Any) -> Any:
     choice = completion["choices"][0]
     if choice.get("finish_reason") == "length":
-        raise _Retry(r.LENGTH, "the answer was cut off at max_tokens (finish_reason \"length\"); raise "
-                     "options.max_tokens", output=True, status=200, body=completion)
+        raise _Retry(
+            r.LENGTH,
+            'the answer was cut off at max_tokens (finish_reason "length"); raise options.max_tokens',
+            output=True,
+            status=200,
+            body=completion,
+        )
     content = (choice.get("message") or {}).get("content")
     try:
         return kind.parse_output(content, data, options)

@@ -8,7 +8,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -65,8 +65,15 @@ class QueueState:
         self._seq += 1
         flat = self.scripts.claim(
             keys=[self.queue_key, self.started_key],
-            args=[count, now + self.lease, self.worker_name, _iso(now), now, self.lease + 60,
-                  f"{self._exec_prefix}{self._seq}x"],
+            args=[
+                count,
+                now + self.lease,
+                self.worker_name,
+                _iso(now),
+                now,
+                self.lease + 60,
+                f"{self._exec_prefix}{self._seq}x",
+            ],
         )
         return [Claimed(flat[i].decode(), flat[i + 1].decode(), flat[i + 2], now) for i in range(0, len(flat), 3)]
 
@@ -90,14 +97,26 @@ class QueueState:
             for f in items:
                 jid = f.claimed.job_id
                 if f.ok:
-                    res = Result(jid, Result.Type.SUCCESSFUL, self.conn, return_value=f.sealed,
-                                 worker_name=self.worker_name, serializer=JSONSerializer,
-                                 execution_id=f.claimed.execution_id)
+                    res = Result(
+                        jid,
+                        Result.Type.SUCCESSFUL,
+                        self.conn,
+                        return_value=f.sealed,
+                        worker_name=self.worker_name,
+                        serializer=JSONSerializer,
+                        execution_id=f.claimed.execution_id,
+                    )
                     status, registry = "finished", keys.finished_key(self.queue)
                 else:
-                    res = Result(jid, Result.Type.FAILED, self.conn, exc_string=f.sealed,
-                                 worker_name=self.worker_name, serializer=JSONSerializer,
-                                 execution_id=f.claimed.execution_id)
+                    res = Result(
+                        jid,
+                        Result.Type.FAILED,
+                        self.conn,
+                        exc_string=f.sealed,
+                        worker_name=self.worker_name,
+                        serializer=JSONSerializer,
+                        execution_id=f.claimed.execution_id,
+                    )
                     status, registry = "failed", keys.failed_key(self.queue)
                 fields = res.serialize()
                 fields["execution_started_at"] = f.claimed.started
@@ -107,8 +126,16 @@ class QueueState:
                     flat += [k, v]
                 self.scripts.finish(
                     keys=[self.started_key, keys.job_key(jid), registry, keys.results_key(jid)],
-                    args=[f.claimed.member, status, ended, now + self.result_ttl, self.result_ttl,
-                          f.claimed.execution_id, jid, *flat],
+                    args=[
+                        f.claimed.member,
+                        status,
+                        ended,
+                        now + self.result_ttl,
+                        self.result_ttl,
+                        f.claimed.execution_id,
+                        jid,
+                        *flat,
+                    ],
                     client=p,
                 )
             return [bool(x) for x in p.execute()]
@@ -118,15 +145,24 @@ class QueueState:
             return 0
         with self.conn.pipeline(transaction=False) as p:
             for cl in claimed:
-                self.scripts.release(keys=[self.started_key, self.queue_key, keys.job_key(cl.job_id)],
-                                     args=[cl.member, cl.job_id], client=p)
+                self.scripts.release(
+                    keys=[self.started_key, self.queue_key, keys.job_key(cl.job_id)],
+                    args=[cl.member, cl.job_id],
+                    client=p,
+                )
             return sum(int(x) for x in p.execute())
 
     def requeue_abandoned(self) -> tuple[int, int]:
         """Put back tasks whose worker stopped heart-beating. Returns (requeued, failed)."""
         now = time.time()
-        res = Result("", Result.Type.FAILED, self.conn, exc_string=f"{r.FAILURE_PREFIX}{r.ABANDONED}\n-",
-                     worker_name=self.worker_name, serializer=JSONSerializer)
+        res = Result(
+            "",
+            Result.Type.FAILED,
+            self.conn,
+            exc_string=f"{r.FAILURE_PREFIX}{r.ABANDONED}\n-",
+            worker_name=self.worker_name,
+            serializer=JSONSerializer,
+        )
         flat: list[Any] = []
         for k, v in res.serialize().items():
             flat += [k, v]
@@ -144,4 +180,4 @@ class QueueState:
 
 
 def _iso(ts: float) -> str:
-    return utcformat(datetime.fromtimestamp(ts, tz=timezone.utc))
+    return utcformat(datetime.fromtimestamp(ts, tz=UTC))

@@ -36,8 +36,12 @@ class _Process:
             raise JobctlError("set OPENAI_BASE_URL for `rq worker` to reach the model server")
         self.cipher = self.settings.cipher()
         self.loop = asyncio.new_event_loop()
-        self.client = AsyncOpenAI(base_url=self.settings.base_url, api_key=self.settings.api_key or "none",
-                                  max_retries=0, timeout=self.settings.request_timeout)
+        self.client = AsyncOpenAI(
+            base_url=self.settings.base_url,
+            api_key=self.settings.api_key or "none",
+            max_retries=0,
+            timeout=self.settings.request_timeout,
+        )
         self.model = self.settings.model or self.loop.run_until_complete(self.client.models.list()).data[0].id
 
     def run(self, task: Task) -> TaskOutcome:

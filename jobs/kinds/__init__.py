@@ -7,6 +7,8 @@ from jobs.kinds.email import DraftReply, Extract, Summarize, Triage
 from jobs.kinds.generic import Chat, ExtractKind
 from jobs.kinds.transaction import Categorize, Flag
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Triage(), Summarize(), Extract(), DraftReply(), Categorize(), Flag(), Chat(), ExtractKind())}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Triage(), Summarize(), Extract(), DraftReply(), Categorize(), Flag(), Chat(), ExtractKind())
+}
 
 __all__ = ["KINDS", "Kind", "OutputInvalid"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any, ClassVar
 
 import jsonschema
@@ -80,7 +80,7 @@ class Kind:
         return parse_json_output(content, schema)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 

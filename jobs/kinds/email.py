@@ -63,7 +63,7 @@ def triage_schema(categories: tuple[str, ...]) -> dict[str, Any]:
     model = create_model(
         "EmailTriage",
         __base__=Strict,
-        category=(Literal[categories], ...),  # type: ignore[valid-type]
+        category=(Literal[categories], ...),  # type: ignore[valid-type,arg-type]
         priority=(int, Field(ge=1, le=5)),
         needs_reply=(bool, ...),
         reason=(str, Field(max_length=200)),

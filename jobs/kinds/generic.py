@@ -40,7 +40,10 @@ class ChatBody(BaseModel):
         if kind not in ("text", "json_object", "json_schema"):
             raise ValueError("type must be text, json_object or json_schema")
         if kind == "json_schema":
-            schema = (v.get("json_schema") or {}).get("schema")
+            spec = v.get("json_schema")
+            if not isinstance(spec, dict):
+                raise ValueError('json_schema must be an object with a "schema"')
+            schema = spec.get("schema")
             if not isinstance(schema, dict):
                 raise ValueError("json_schema.schema must be an object")
             check_schema(schema)
@@ -54,7 +57,7 @@ def check_schema(schema: dict[str, Any]) -> None:
         where = "/".join(str(p) for p in e.path) or "(root)"
         raise ValueError(f"not a valid JSON schema at {where}: {e.message}") from e
     if schema.get("type") not in (None, "object"):
-        raise ValueError("the schema's top level must be an object (\"type\": \"object\")")
+        raise ValueError('the schema\'s top level must be an object ("type": "object")')
 
 
 class Chat(Kind):
@@ -116,4 +119,4 @@ class ExtractKind(Kind):
         return [{"role": "user", "content": f"{ask}\n\n{data.text}"}]
 
 
-__all__ = ["Chat", "ExtractKind", "response_format", "Strict", "Common"]
+__all__ = ["Chat", "Common", "ExtractKind", "Strict", "response_format"]

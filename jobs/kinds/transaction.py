@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -40,7 +39,7 @@ def categorize_schema(categories: tuple[str, ...]) -> dict[str, Any]:
     model = create_model(
         "TransactionCategory",
         __base__=Strict,
-        category=(Literal[categories], ...),  # type: ignore[valid-type]
+        category=(Literal[categories], ...),  # type: ignore[valid-type,arg-type]
         merchant=(str, Field(max_length=100)),
         confidence=(float, Field(ge=0, le=1)),
     )
@@ -93,5 +92,3 @@ class Flag(Kind):
     def messages(self, data: Any, options: Any) -> list[dict[str, str]]:
         history = "\n".join(t.as_text() for t in data.history) or "(none)"
         return [{"role": "user", "content": f"History:\n{history}\n\nTransaction to check: {data.as_text()}"}]
-
-
