@@ -31,6 +31,7 @@ from bench.common import triage_tasks
 from bench.raw_blast import blast
 from jobs.config import Settings
 from jobs.crypto import generate_key
+from jobs.keys import text
 from producer.client import Client
 from worker.drain import DrainOptions, drain_queue
 from worker.vllm_lifecycle import VLLMConfig, VLLMServer
@@ -80,10 +81,10 @@ def job_span_rate(conn: redis.Redis, queue: str) -> dict[str, Any]:
     """Jobs/s of a worker from its jobs' own start and end stamps, so process start-up is not counted."""
     from rq.utils import utcparse
 
-    ids = [j.decode() for j in conn.zrange(f"rq:finished:{queue}", 0, -1)]
+    ids = [text(j) for j in conn.zrange(f"rq:finished:{queue}", 0, -1)]
     spans = [conn.hmget(f"rq:job:{j}", "started_at", "ended_at") for j in ids]
-    starts = [utcparse(s.decode()).timestamp() for s, _ in spans if s]
-    ends = [utcparse(e.decode()).timestamp() for _, e in spans if e]
+    starts = [utcparse(text(s)).timestamp() for s, _ in spans if s]
+    ends = [utcparse(text(e)).timestamp() for _, e in spans if e]
     if len(ends) < 2:
         return {"jobs": len(ends), "jobs_per_s": 0.0}
     return {"jobs": len(ends), "jobs_per_s": round(len(ends) / (max(ends) - min(starts)), 2)}
@@ -147,8 +148,9 @@ def main() -> None:
         max_model_len=a.max_model_len,
         max_cudagraph_capture_size=a.max_cudagraph_capture_size,
         log_path=log,
-        **({"command": shlex.split(a.command)} if a.command else {}),
     )
+    if a.command:
+        cfg.command = shlex.split(a.command)
     srv = VLLMServer(cfg)
     RESULTS["config"] = {
         "model": a.model,

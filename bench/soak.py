@@ -282,13 +282,13 @@ def main() -> int:
         print(json.dumps(summary, indent=2))
         return 0 if zero_loss else 1
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
                 try:
-                    p.wait(10)
+                    proc.wait(10)
                 except subprocess.TimeoutExpired:
-                    p.kill()
+                    proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 

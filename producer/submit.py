@@ -3,9 +3,11 @@
 A task whose custom_id is already in the queue with the same content (queued, running,
 done or failed) is a duplicate: it is reported and not enqueued again, so cron can re-run
 a submit safely. The new batch still lists it (`total` counts every task of the file,
-`duplicates` those already there), so its status and results cover the whole file. A custom_id that comes back with different content is a conflict: the
-whole submit is refused, because silently replacing or skipping a changed task would lose
-work either way. Pick a new custom_id for changed content.
+`duplicates` those already there), so its status and results cover the whole file.
+
+A custom_id that comes back with different content is a conflict: the whole submit is
+refused, because silently replacing or skipping a changed task would lose work either way.
+Pick a new custom_id for changed content.
 """
 
 from __future__ import annotations
