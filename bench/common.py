@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -90,3 +92,18 @@ def dump(path: str | None, data: dict[str, Any]) -> None:
     print(text)
     if path:
         Path(path).write_text(text)
+
+
+def job_span_rate(conn: redis.Redis, queue: str) -> dict[str, Any]:
+    """Jobs/s of a worker from its jobs' own start and end stamps, so process start-up is not counted."""
+    from rq.utils import utcparse
+
+    from jobs.keys import text
+
+    ids = [text(j) for j in conn.zrange(f"rq:finished:{queue}", 0, -1)]
+    spans = [conn.hmget(f"rq:job:{j}", "started_at", "ended_at") for j in ids]
+    starts = [utcparse(text(s)).timestamp() for s, _ in spans if s]
+    ends = [utcparse(text(e)).timestamp() for _, e in spans if e]
+    if len(ends) < 2:
+        return {"jobs": len(ends), "jobs_per_s": 0.0}
+    return {"jobs": len(ends), "jobs_per_s": round(len(ends) / (max(ends) - min(starts)), 2)}

@@ -27,11 +27,10 @@ from typing import Any
 
 import redis
 
-from bench.common import triage_tasks
+from bench.common import job_span_rate, triage_tasks
 from bench.raw_blast import blast
 from jobs.config import Settings
 from jobs.crypto import generate_key
-from jobs.keys import text
 from producer.client import Client
 from worker.drain import DrainOptions, drain_queue
 from worker.vllm_lifecycle import VLLMConfig, VLLMServer
@@ -75,19 +74,6 @@ def first_result_watch(conn: redis.Redis, queue: str, t0: float, box: dict[str, 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     return t
-
-
-def job_span_rate(conn: redis.Redis, queue: str) -> dict[str, Any]:
-    """Jobs/s of a worker from its jobs' own start and end stamps, so process start-up is not counted."""
-    from rq.utils import utcparse
-
-    ids = [text(j) for j in conn.zrange(f"rq:finished:{queue}", 0, -1)]
-    spans = [conn.hmget(f"rq:job:{j}", "started_at", "ended_at") for j in ids]
-    starts = [utcparse(text(s)).timestamp() for s, _ in spans if s]
-    ends = [utcparse(text(e)).timestamp() for _, e in spans if e]
-    if len(ends) < 2:
-        return {"jobs": len(ends), "jobs_per_s": 0.0}
-    return {"jobs": len(ends), "jobs_per_s": round(len(ends) / (max(ends) - min(starts)), 2)}
 
 
 def reset_prefix_cache(srv: VLLMServer) -> None:
