@@ -118,3 +118,17 @@ def test_openai_batch_jsonl_is_accepted(client, drain):
     drain()
     out = [o.line() for o in client.results(sub.batch_id)]
     assert [o["response"]["body"]["choices"][0]["message"]["content"] for o in out] == ["ok"] * 3
+
+
+def test_llama_cpp_style_drops_only_long_string_limits():
+    from jobs.kinds import KINDS
+
+    kind = KINDS["email.draft_reply"]
+    data = kind.input_model.model_validate({"from": "a@b.c", "body": "hi"})
+    opts = kind.options_model()
+    relaxed = kind.request(data, opts, "json_object")["response_format"]["schema"]
+    strict = kind.request(data, opts, "json_schema")["response_format"]["json_schema"]["schema"]
+    assert "maxLength" not in relaxed["properties"]["body"] and relaxed["properties"]["subject"]["maxLength"] == 300
+    assert strict["properties"]["body"]["maxLength"] == 4000
+    with pytest.raises(Exception, match="maxLength"):
+        kind.parse_output(json.dumps({"subject": "s", "body": "x" * 4001}), data, opts)

@@ -58,18 +58,21 @@ def test_readme_main_job_on_the_embedded_defaults(tmp_path, smollm2):
         )
 
     assert jobctl("keygen", "--if-missing").returncode == 0
-    sub = jobctl("submit", "examples/transactions.json", "--json")
-    assert sub.returncode == 0, sub.stderr
-    batch = json.loads(sub.stdout)["batch_id"]
+    batches = []
+    for example in ("examples/inbox.json", "examples/transactions.json"):
+        sub = jobctl("submit", example, "--json")
+        assert sub.returncode == 0, sub.stderr
+        batches.append(json.loads(sub.stdout)["batch_id"])
     run = jobctl("worker", "--burst", "--json")
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert report["done"] + report["failed"] == 10 and report["model"] == "smollm2-135m"
-    status = json.loads(jobctl("status", batch, "--json").stdout)
-    assert status["status"] in ("completed", "failed") and status["queued"] == status["running"] == 0
-    out = jobctl("results", batch, "--json")
-    lines = [json.loads(x) for x in out.stdout.splitlines()]
-    assert len(lines) == 10 and len({ln["custom_id"] for ln in lines}) == 10
-    table = jobctl("results", batch)
-    assert "succeeded" in table.stdout
+    assert report["done"] + report["failed"] == 20 and report["model"] == "smollm2-135m"
+    assert set(report["errors"]) <= KNOWN_FAILURES, report["errors"]
+    for batch in batches:
+        status = json.loads(jobctl("status", batch, "--json").stdout)
+        assert status["status"] in ("completed", "failed") and status["queued"] == status["running"] == 0
+        out = jobctl("results", batch, "--json")
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        assert len(lines) == 10 and len({ln["custom_id"] for ln in lines}) == 10
+        assert "succeeded" in jobctl("results", batch).stdout
     assert (tmp_path / "home" / "appendonly.aof").exists()

@@ -85,10 +85,41 @@ def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 
 
+# llama.cpp turns maxLength into one nested grammar rule per character; past a few hundred its
+# grammar parser gives up ("exceeds sane defaults") and the server went down. The answer is
+# still checked against the full schema afterwards.
+GRAMMAR_MAX_LENGTH = 300
+
+
 def response_format(name: str, schema: dict[str, Any], style: str) -> dict[str, Any]:
     if style == "json_object":
-        return {"type": "json_object", "schema": schema}
+        return {"type": "json_object", "schema": _grammar_safe(schema)}
     return {"type": "json_schema", "json_schema": {"name": name.replace(".", "_"), "schema": schema, "strict": True}}
+
+
+def _grammar_safe(schema: Any) -> Any:
+    cached = _GRAMMAR_SAFE.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    safe = _drop_long_limits(schema)
+    if len(_GRAMMAR_SAFE) > 512:
+        _GRAMMAR_SAFE.clear()
+    _GRAMMAR_SAFE[id(schema)] = (schema, safe)
+    return safe
+
+
+def _drop_long_limits(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_drop_long_limits(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _drop_long_limits(v) for k, v in node.items()}
+    if isinstance(out.get("maxLength"), int) and out["maxLength"] > GRAMMAR_MAX_LENGTH:
+        del out["maxLength"]
+    return out
+
+
+_GRAMMAR_SAFE: dict[int, tuple[Any, Any]] = {}
 
 
 def parse_json_output(content: str | None, schema: dict[str, Any]) -> Any:
