@@ -22,22 +22,20 @@ def status_table(states: list[BatchStatus]) -> None:
     if not states:
         console.print("no batches yet: `jobctl submit FILE` makes one")
         return
-    t = Table("batch", "queue", "status", "created", "total", "completed", "failed", "queued", "running")
+    t = Table()
+    # The batch id is what the user copies into the next command: never cut it.
+    t.add_column("batch", no_wrap=True, min_width=26)
+    t.add_column("status", no_wrap=True)
+    t.add_column("created, queue", no_wrap=True)
+    t.add_column("tasks")
     for s in states:
-        d = s.as_dict()
-        rc = d["request_counts"]
-        created = datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M")
-        t.add_row(
-            s.id,
-            s.queue,
-            s.status,
-            created,
-            str(rc["total"]),
-            str(rc["completed"]),
-            str(rc["failed"]),
-            str(d["queued"]),
-            str(d["running"]),
-        )
+        c = s.counts
+        tasks = f"{c.get('completed', 0)}/{s.total} done, {c.get('failed', 0)} failed"
+        for key in ("queued", "running", "cancelled", "expired"):
+            if c.get(key):
+                tasks += f", {c[key]} {key}"
+        created = datetime.fromtimestamp(s.created_at).strftime("%m-%d %H:%M")
+        t.add_row(s.id, s.status, f"{created} {s.queue}", tasks)
     console.print(t)
 
 
@@ -51,7 +49,10 @@ def _answer(o: Outcome) -> str:
 
 
 def results_table(outcomes: list[Outcome]) -> None:
-    t = Table("custom_id", "ok", "answer", show_lines=False)
+    t = Table()
+    t.add_column("custom_id", overflow="fold")
+    t.add_column("ok", no_wrap=True)
+    t.add_column("answer", ratio=3)
     for o in outcomes:
         t.add_row(o.custom_id, "yes" if o.ok else "no", _answer(o))
     console.print(t)
