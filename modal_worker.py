@@ -44,7 +44,6 @@ Importing this module needs no Modal credentials: it only builds definitions.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -56,8 +55,7 @@ from jobs import keys
 from jobs.config import Settings
 from jobs.connection import connect
 from jobs.errors import JobctlError
-from worker.drain import DrainOptions, drain_queue
-from worker.llm import Policy
+from worker.drain import run_drain
 from worker.vllm_lifecycle import LifecycleError, VLLMConfig, VLLMServer
 
 APP_NAME = "jobctl"
@@ -205,28 +203,19 @@ class Drainer:
             # A warm container whose vLLM died since the last call: a drain against it would fail every task.
             self._start_cold("vLLM had exited since the last drain")
         budget = min(max_seconds or MAX_DRAIN_SECONDS, MAX_DRAIN_SECONDS)
-        opts = DrainOptions(
-            queue=settings.queue,
-            model=self.server.model_name,
-            concurrency=_env_int("JOBCTL_MODAL_CONCURRENCY", DEFAULT_CONCURRENCY),
-            burst=True,
-            max_seconds=budget,
-            lease_seconds=settings.lease_seconds,
-            result_ttl=settings.result_ttl,
-            style="json_schema",
-        )
         conn = connect(settings)
         try:
-            report = asyncio.run(
-                drain_queue(
-                    conn,
-                    settings.cipher(),
-                    self.server.base_url,
-                    self.server.api_key,
-                    opts,
-                    Policy(max_attempts=settings.max_attempts),
-                    timeout=settings.request_timeout,
-                )
+            report = run_drain(
+                settings,
+                conn,
+                settings.cipher(),
+                self.server.base_url,
+                burst=True,
+                max_seconds=budget,
+                api_key=self.server.api_key,
+                model=self.server.model_name,
+                concurrency=_env_int("JOBCTL_MODAL_CONCURRENCY", DEFAULT_CONCURRENCY),
+                style="json_schema",
             )
         finally:
             conn.close()

@@ -9,7 +9,6 @@ for line in client.results(sub.batch_id): print(line.line())
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC
@@ -190,35 +189,13 @@ class Client:
     def drain(
         self, base_url: str | None = None, burst: bool = True, max_seconds: float | None = None, **options: Any
     ) -> Any:
-        from worker.drain import DrainOptions, drain_queue
-        from worker.llm import Policy
+        """Drain the queue in this process against `base_url` (or OPENAI_BASE_URL); returns the report."""
+        from worker.drain import run_drain
 
-        s = self.settings
-        url = base_url or s.base_url
+        url = base_url or self.settings.base_url
         if not url:
             raise JobctlError("no model server: pass base_url or set OPENAI_BASE_URL")
-        opts = DrainOptions(
-            queue=s.queue,
-            model=s.model,
-            concurrency=s.concurrency,
-            burst=burst,
-            max_seconds=max_seconds,
-            lease_seconds=s.lease_seconds,
-            result_ttl=s.result_ttl,
-            style=s.structured_output,
-            **options,
-        )
-        return asyncio.run(
-            drain_queue(
-                self.connection,
-                self.cipher,
-                url,
-                s.api_key,
-                opts,
-                Policy(max_attempts=s.max_attempts),
-                timeout=s.request_timeout,
-            )
-        )
+        return run_drain(self.settings, self.connection, self.cipher, url, burst, max_seconds, **options)
 
 
 def _iso(ts: float) -> str:

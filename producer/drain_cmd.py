@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 from jobs.config import Settings
 from jobs.connection import connect
-from worker.drain import DrainOptions, drain_queue
-from worker.llm import Policy
+from worker.drain import run_drain
 from worker.report import DrainReport
 
 
@@ -26,26 +25,5 @@ def run_worker(settings: Settings, burst: bool, max_seconds: float | None) -> Dr
         return report
 
 
-def _drain(settings: Settings, conn, cipher, url: str, burst: bool, max_seconds: float | None) -> DrainReport:  # type: ignore[no-untyped-def]
-    opts = DrainOptions(
-        queue=settings.queue,
-        model=settings.model,
-        concurrency=settings.concurrency,
-        burst=burst,
-        max_seconds=max_seconds,
-        lease_seconds=settings.lease_seconds,
-        result_ttl=settings.result_ttl,
-        style=settings.structured_output,
-    )
-    return asyncio.run(
-        drain_queue(
-            conn,
-            cipher,
-            url,
-            settings.api_key,
-            opts,
-            Policy(max_attempts=settings.max_attempts),
-            signals=True,
-            timeout=settings.request_timeout,
-        )
-    )
+def _drain(settings: Settings, conn: Any, cipher: Any, url: str, burst: bool, max_seconds: float | None) -> DrainReport:
+    return run_drain(settings, conn, cipher, url, burst, max_seconds, signals=True)

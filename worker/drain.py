@@ -32,6 +32,7 @@ import redis
 from openai import AsyncOpenAI
 
 from jobs import results as r
+from jobs.config import Settings
 from jobs.crypto import Cipher, CryptoError
 from jobs.errors import JobctlError
 from jobs.tasks import Task
@@ -352,3 +353,41 @@ async def drain_queue(
         if signals:
             install_signal_handlers(drainer)
         return await drainer.drain()
+
+
+def run_drain(
+    settings: Settings,
+    connection: redis.Redis,
+    cipher: Cipher,
+    base_url: str,
+    burst: bool = True,
+    max_seconds: float | None = None,
+    signals: bool = False,
+    api_key: str | None = None,
+    **overrides: Any,
+) -> DrainReport:
+    """One drain with the options a Settings gives (flags, env, defaults); `overrides` win."""
+    fields: dict[str, Any] = {
+        "queue": settings.queue,
+        "model": settings.model,
+        "concurrency": settings.concurrency,
+        "burst": burst,
+        "max_seconds": max_seconds,
+        "lease_seconds": settings.lease_seconds,
+        "result_ttl": settings.result_ttl,
+        "style": settings.structured_output,
+    }
+    fields.update(overrides)
+    policy = Policy(max_attempts=settings.max_attempts)
+    return asyncio.run(
+        drain_queue(
+            connection,
+            cipher,
+            base_url,
+            api_key or settings.api_key,
+            DrainOptions(**fields),
+            policy,
+            signals=signals,
+            timeout=settings.request_timeout,
+        )
+    )
