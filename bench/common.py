@@ -107,3 +107,22 @@ def job_span_rate(conn: redis.Redis, queue: str) -> dict[str, Any]:
     if len(ends) < 2:
         return {"jobs": len(ends), "jobs_per_s": 0.0}
     return {"jobs": len(ends), "jobs_per_s": round(len(ends) / (max(ends) - min(starts)), 2)}
+
+
+def rq_worker_cmd(redis_url: str, worker_class: str, queue: str, *extra: str) -> list[str]:
+    """A plain `rq worker` in burst mode with RQ's JSON serializer (the baseline jobctl is compared with)."""
+    return [
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "worker",
+        "--burst",
+        "-u",
+        redis_url,
+        "-w",
+        worker_class,
+        "--serializer",
+        "rq.serializers.JSONSerializer",
+        *extra,
+        queue,
+    ]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import dump, env_with, job_span_rate, run_timed, start_fake, triage_tasks
+from bench.common import dump, env_with, job_span_rate, rq_worker_cmd, run_timed, start_fake, triage_tasks
 from jobs.config import Settings
 from jobs.crypto import generate_key
 from producer.client import Client
@@ -117,24 +117,12 @@ def main() -> None:
         )
         out["blast"] = json.loads(b.stdout)
 
-        rq_base = [
-            sys.executable,
-            "-m",
-            "rq.cli",
-            "worker",
-            "--burst",
-            "-u",
-            a.redis_url,
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-            "bench",
-        ]
         for name, cls, n in (
             ("rq_simple_worker", "rq.worker.SimpleWorker", a.rq_tasks),
             ("rq_forking_worker", "rq.worker.Worker", a.fork_tasks),
         ):
             fill(settings, conn, n, name)
-            t = run_timed([*rq_base, "-w", cls], env)
+            t = run_timed(rq_worker_cmd(a.redis_url, cls, "bench"), env)
             # Rated from the jobs' own start and end stamps: the worker's start-up is not counted.
             out[name] = job_span_rate(conn, "bench")
             assert out[name]["jobs"] == n, (name, out[name], t.stderr[-2000:])

@@ -18,7 +18,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import redis
 
-from bench.common import job_span_rate, triage_tasks
+from bench.common import job_span_rate, rq_worker_cmd, triage_tasks
 from bench.raw_blast import blast
 from jobs.config import Settings
 from jobs.crypto import generate_key
@@ -207,20 +206,8 @@ def main() -> None:
             JOBCTL_MODEL=srv.model_name,
             JOBCTL_STRUCTURED_OUTPUT="json_schema",
         )
-        base = [
-            sys.executable,
-            "-m",
-            "rq.cli",
-            "worker",
-            "--burst",
-            "-u",
-            url,
-            "-w",
-            "rq.worker.SimpleWorker",
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-        ]
-        subprocess.run([*base, "--max-jobs", str(a.naive_jobs), "bench"], env=env, capture_output=True, timeout=400)
+        cmd = rq_worker_cmd(url, "rq.worker.SimpleWorker", "bench", "--max-jobs", str(a.naive_jobs))
+        subprocess.run(cmd, env=env, capture_output=True, timeout=400)
         RESULTS["naive_rq_simple_worker"] = job_span_rate(conn, "bench")
         best = max(RESULTS["throughput"].values(), key=lambda v: v["drain_jobs_per_s"])
         RESULTS["drain_vs_naive"] = round(best["drain_jobs_per_s"] / RESULTS["naive_rq_simple_worker"]["jobs_per_s"], 1)

@@ -96,28 +96,18 @@ class QueueState:
         with self.conn.pipeline(transaction=False) as p:
             for f in items:
                 jid = f.claimed.job_id
-                if f.ok:
-                    res = Result(
-                        jid,
-                        Result.Type.SUCCESSFUL,
-                        self.conn,
-                        return_value=f.sealed,
-                        worker_name=self.worker_name,
-                        serializer=JSONSerializer,
-                        execution_id=f.claimed.execution_id,
-                    )
-                    status, registry = "finished", keys.finished_key(self.queue)
-                else:
-                    res = Result(
-                        jid,
-                        Result.Type.FAILED,
-                        self.conn,
-                        exc_string=f.sealed,
-                        worker_name=self.worker_name,
-                        serializer=JSONSerializer,
-                        execution_id=f.claimed.execution_id,
-                    )
-                    status, registry = "failed", keys.failed_key(self.queue)
+                res = Result(
+                    jid,
+                    Result.Type.SUCCESSFUL if f.ok else Result.Type.FAILED,
+                    self.conn,
+                    return_value=f.sealed if f.ok else None,
+                    exc_string=None if f.ok else f.sealed,
+                    worker_name=self.worker_name,
+                    serializer=JSONSerializer,
+                    execution_id=f.claimed.execution_id,
+                )
+                status = "finished" if f.ok else "failed"
+                registry = keys.finished_key(self.queue) if f.ok else keys.failed_key(self.queue)
                 fields = res.serialize()
                 fields["execution_started_at"] = f.claimed.started
                 fields["execution_ended_at"] = now
