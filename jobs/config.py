@@ -39,7 +39,7 @@ ENV_VARS = {
     "context_tokens": "JOBCTL_CONTEXT_TOKENS",
 }
 
-STRUCTURED_OUTPUT_STYLES = ("json_schema", "json_object")
+STRUCTURED_OUTPUT_STYLES = ("auto", "json_schema", "json_object")
 
 
 def default_home() -> Path:
@@ -57,7 +57,8 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     model: str | None = None
     # vLLM takes {"type": "json_schema"}; llama.cpp's server takes {"type": "json_object", "schema": ...}.
-    structured_output: str = "json_schema"
+    # "auto" asks the server which it is (worker.drain.style_for).
+    structured_output: str = "auto"
     concurrency: int = c.DEFAULT_CONCURRENCY
     request_timeout: float = c.DEFAULT_REQUEST_TIMEOUT
     max_attempts: int = c.DEFAULT_MAX_ATTEMPTS

@@ -270,10 +270,11 @@ def cancel(obj: Ctx, batch: str) -> None:
 @click.option("--max-seconds", type=float, help="Stop claiming after this many seconds, then finish and exit.")
 @click.option(
     "--structured-output",
-    type=click.Choice(["json_schema", "json_object"]),
+    type=click.Choice(["auto", "json_schema", "json_object"]),
     envvar="JOBCTL_STRUCTURED_OUTPUT",
     show_envvar=True,
-    help="How to ask for JSON: json_schema (vLLM, OpenAI) or json_object with a schema (llama.cpp)",
+    help="How to ask for JSON: auto (ask the server), json_schema (vLLM, OpenAI, Ollama) or json_object "
+    "with a schema (llama.cpp)  [default: auto]",
 )
 @queue_option
 @json_option

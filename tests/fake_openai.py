@@ -297,6 +297,8 @@ class FakeOpenAI:
         wake_delay: float = 0.0,
     ) -> None:
         self.host, self.model, self.api_key = host, model, api_key
+        # What /v1/models reports as the owner; llama-cpp-python says "me" (a drain then picks json_object).
+        self.owned_by = "fake"
         self.faults = faults or FaultPlan()
         self.latency, self.startup_delay = latency, startup_delay
         self.sleep_delay, self.wake_delay = sleep_delay, wake_delay
@@ -473,7 +475,7 @@ class FakeOpenAI:
         return _OK_EMPTY
 
     async def _models(self, query: str, body: bytes) -> _Resp:
-        data = {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]}
+        data = {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": self.owned_by}]}
         return _Resp(200, json.dumps(data).encode())
 
     async def _sleep(self, query: str, body: bytes) -> _Resp:

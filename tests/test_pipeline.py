@@ -132,3 +132,14 @@ def test_llama_cpp_style_drops_only_long_string_limits():
     assert strict["properties"]["body"]["maxLength"] == 4000
     with pytest.raises(Exception, match="maxLength"):
         kind.parse_output(json.dumps({"subject": "s", "body": "x" * 4001}), data, opts)
+
+
+@pytest.mark.parametrize(
+    ("owned_by", "style"), [("fake", "json_schema"), ("vllm", "json_schema"), ("me", "json_object")]
+)
+def test_structured_output_style_is_asked_of_the_server(client, drain, fake, owned_by, style):
+    fake.owned_by = owned_by
+    client.submit([triage_task(1)])
+    report = drain(style="auto")
+    assert report.done == 1 and f"structured output: {style} (detected)" in report.notes
+    assert fake.stats.prompts_seen[-1]["response_format"]["type"] == style

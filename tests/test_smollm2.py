@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.local_server import STYLE, LocalServer
+from producer.local_server import LocalServer
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,9 @@ def test_real_model_answers_typed_tasks(client, drain, smollm2):
     inbox = json.loads((ROOT / "examples/inbox.json").read_text())["tasks"]
     triage = [t for t in inbox if t["kind"] == "email.triage"][:4]
     sub = client.submit(triage)
-    report = drain(base_url=smollm2.base_url, style=STYLE, concurrency=4, timeout=60)
+    # "auto": the drain asks the server, and llama.cpp gets json_object with the schema.
+    report = drain(base_url=smollm2.base_url, style="auto", concurrency=4, timeout=60)
+    assert "structured output: json_object (detected)" in report.notes
     assert report.done + report.failed == len(triage)
     lines = [o.line() for o in client.results(sub.batch_id)]
     assert sorted(ln["custom_id"] for ln in lines) == sorted(t["custom_id"] for t in triage)

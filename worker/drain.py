@@ -101,8 +101,10 @@ class Drainer:
     async def drain(self) -> DrainReport:
         t0 = time.monotonic()
         self._deadline = deadline = t0 + self.opt.max_seconds if self.opt.max_seconds else None
-        self.report.model = self.opt.model or await self._discover_model()
-        self._check_key()
+        self._check_key()  # before the server: a wrong key is the first thing to say
+        if not self.opt.model or self.opt.style == "auto":
+            await self._discover_server()
+        self.report.model = self.opt.model or self.report.model
         self.report.requeued_abandoned += self._guard(self.state.requeue_abandoned)[0]
         log.info(
             "drain start: queue=%s concurrency=%d model=%s", self.opt.queue, self.opt.concurrency, self.report.model
@@ -281,17 +283,21 @@ class Drainer:
         except redis.ConnectionError:
             log.warning("could not write %d results; their tasks return by lease", len(self._unflushed))
 
-    async def _discover_model(self) -> str:
+    async def _discover_server(self) -> None:
+        """The model to use (the server's first), and with style "auto" how it takes structured output."""
         try:
             models = await self.client.models.list()
         except Exception as e:
             raise JobctlError(
                 f"cannot list the server's models ({type(e).__name__}); is the server up at "
-                f"{self.client.base_url}? Pass --model to skip this check"
+                f"{self.client.base_url}? Pass --model and --structured-output to skip this check"
             ) from e
         if not models.data:
             raise JobctlError("the server lists no models; pass --model")
-        return models.data[0].id
+        self.report.model = models.data[0].id
+        if self.opt.style == "auto":
+            self.opt.style = style_for(getattr(models.data[0], "owned_by", "") or "")
+            self.report.notes.append(f"structured output: {self.opt.style} (detected)")
 
     def _check_key(self) -> None:
         from jobs import constants as c
@@ -328,6 +334,15 @@ def install_signal_handlers(drainer: Drainer) -> None:
             loop.add_signal_handler(sig, handler, sig.name)
         except (NotImplementedError, RuntimeError):
             pass
+
+
+# llama.cpp's servers take {"type": "json_object", "schema": ...} and not json_schema; vLLM, OpenAI,
+# Ollama and others take json_schema. llama-cpp-python lists its models as owned by "me".
+JSON_OBJECT_OWNERS = ("me", "llamacpp", "llama.cpp")
+
+
+def style_for(owned_by: str) -> str:
+    return "json_object" if owned_by.lower() in JSON_OBJECT_OWNERS else "json_schema"
 
 
 def make_client(base_url: str, api_key: str | None, concurrency: int, timeout: float) -> Any:

@@ -19,6 +19,7 @@ from jobs import results as r
 from jobs.config import Settings
 from jobs.errors import JobctlError
 from jobs.tasks import Task
+from worker.drain import style_for
 from worker.llm import Policy, TaskOutcome, run_task
 
 
@@ -42,11 +43,17 @@ class _Process:
             max_retries=0,
             timeout=self.settings.request_timeout,
         )
-        self.model = self.settings.model or self.loop.run_until_complete(self.client.models.list()).data[0].id
+        self.model = self.settings.model or ""
+        self.style = self.settings.structured_output
+        if not self.model or self.style == "auto":
+            first = self.loop.run_until_complete(self.client.models.list()).data[0]
+            self.model = self.model or first.id
+            if self.style == "auto":
+                self.style = style_for(getattr(first, "owned_by", "") or "")
 
     def run(self, task: Task) -> TaskOutcome:
         s = self.settings
-        coro = run_task(self.client, self.model, task, s.structured_output, Policy(max_attempts=s.max_attempts))
+        coro = run_task(self.client, self.model, task, self.style, Policy(max_attempts=s.max_attempts))
         return self.loop.run_until_complete(coro)
 
 
