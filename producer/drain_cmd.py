@@ -15,11 +15,13 @@ def run_worker(settings: Settings, burst: bool, max_seconds: float | None) -> Dr
     conn = connect(settings)
     if settings.base_url:
         return _drain(settings, conn, cipher, settings.base_url, burst, max_seconds)
-    from producer.local_server import STYLE, LocalServer
+    from producer.local_server import LOCAL_CONCURRENCY, STYLE, LocalServer
 
     settings.home.mkdir(parents=True, exist_ok=True)
     with LocalServer(log_path=settings.home / "local-server.log") as srv:
-        local = settings.with_(structured_output=STYLE)
+        # llama.cpp's server answers one request at a time: more in flight only wait in its queue,
+        # where a long batch would run into the request timeout.
+        local = settings.with_(structured_output=STYLE, concurrency=min(settings.concurrency, LOCAL_CONCURRENCY))
         report = _drain(local, conn, cipher, srv.base_url, burst, max_seconds)
         report.notes.append(f"model server: embedded SmolLM2-135M at {srv.base_url}")
         return report

@@ -20,6 +20,7 @@ from jobs.errors import JobctlError
 MODEL_ALIAS = "smollm2-135m"
 DEFAULT_PORT = 8089
 STYLE = "json_object"
+LOCAL_CONCURRENCY = 4
 
 
 class LocalServerError(JobctlError):
