@@ -99,7 +99,7 @@ def job_span_rate(conn: redis.Redis, queue: str) -> dict[str, Any]:
     """Jobs/s of a worker from its jobs' own start and end stamps, so process start-up is not counted."""
     from rq.utils import utcparse
 
-    from jobs.keys import text
+    from jobs.store.keys import text
 
     ids = [text(j) for j in conn.zrange(f"rq:finished:{queue}", 0, -1)]
     spans = [conn.hmget(f"rq:job:{j}", "started_at", "ended_at") for j in ids]

@@ -88,7 +88,7 @@ def reset_prefix_cache(srv: VLLMServer) -> None:
 
 def drain(conn: redis.Redis, settings: Settings, srv: VLLMServer, concurrency: int) -> dict[str, Any]:
     opts = DrainOptions(
-        queue=settings.queue,
+        queues=[settings.queue],
         model=srv.model_name,
         concurrency=concurrency,
         burst=True,

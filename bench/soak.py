@@ -35,10 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import redis_server_binary  # noqa: E402
-from jobs import keys  # noqa: E402
-from jobs.batch import Batch  # noqa: E402
 from jobs.config import Settings  # noqa: E402
 from jobs.crypto import generate_key  # noqa: E402
+from jobs.store import Batch, keys  # noqa: E402
 from producer.client import Client  # noqa: E402
 
 FAULTS = "500,close,hang,invalid_json,length"
@@ -183,7 +182,7 @@ def main() -> int:
         )
         procs.append(worker)
         ps = psutil.Process(worker.pid)
-        finished, failed = keys.finished_key("soak"), keys.failed_key("soak")
+        finished, failed = keys.finished("soak"), keys.failed("soak")
         samples: list[tuple[float, int, int]] = []  # (seconds, tasks ended, rss bytes)
         while worker.poll() is None:
             if time.monotonic() - t1 > a.timeout:
@@ -213,13 +212,13 @@ def main() -> int:
         twice = sorted(k for k, v in per_id.items() if v > 1)
         unknown = set(per_id) - expected
         no_reason = [o.custom_id for o in outcomes if not o.ok and not (o.error and o.error.get("code"))]
-        ids = Batch(sub.batch_id, conn).job_ids()
+        ids = [m.job_id for m in Batch(sub.batch_id, conn, settings.cipher()).members()]
         with conn.pipeline(transaction=False) as p:
             for j in ids:
-                p.xlen(keys.results_key(j))
+                p.xlen(keys.results(j))
             entries = Counter(int(n) for n in p.execute())
-        started_left = int(conn.zcard(keys.started_key("soak")))
-        queued_left = int(conn.llen(keys.queue_key("soak")))
+        started_left = int(conn.zcard(keys.started("soak")))
+        queued_left = int(conn.llen(keys.queue("soak")))
         status = client.status(sub.batch_id)
         failed_by = Counter(o.error["code"] for o in outcomes if not o.ok and o.error)
         zero_loss = (

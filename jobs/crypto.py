@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import os
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -113,37 +113,16 @@ class Cipher:
             raise DecryptError("ciphertext failed authentication: it was tampered with or corrupted") from e
 
 
-def load_key(key: str | None, key_file: str | Path | None) -> tuple[str, str]:
-    """The key text and where it came from: the key itself, then the key file."""
-    if key:
-        return key, "JOBCTL_KEY"
-    if key_file:
-        path = Path(key_file).expanduser()
-        try:
-            return path.read_text().strip(), str(path)
-        except FileNotFoundError as e:
-            raise MissingKeyError(
-                f"no encryption key: {path} does not exist; run `jobctl keygen` to create it, "
-                "or set JOBCTL_KEY to your key"
-            ) from e
-        except OSError as e:
-            raise MissingKeyError(f"cannot read the key file {path}: {e.strerror}") from e
-    raise MissingKeyError("no encryption key: run `jobctl keygen`, or set JOBCTL_KEY")
+# Key files moved to jobs.keyfile (private modes, no symlink following). Re-exported here, lazily,
+# because jobs.keyfile imports this module's errors.
+if TYPE_CHECKING:
+    from jobs.keyfile import load_key as load_key
+    from jobs.keyfile import write_key_file as write_key_file
 
 
-def write_key_file(path: Path, force: bool = False) -> str:
-    """Create a new key file readable only by its owner. Refuses to overwrite: results
-    encrypted with the old key would become unreadable."""
-    if path.exists() and not force:
-        raise CryptoError(
-            f"{path} already exists; results encrypted with it would be lost if it were replaced. "
-            "Pass --force to replace it anyway"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = generate_key()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    os.replace(tmp, path)
-    return key
+def __getattr__(name: str) -> Any:
+    if name in ("load_key", "write_key_file"):
+        from jobs import keyfile
+
+        return getattr(keyfile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

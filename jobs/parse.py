@@ -14,7 +14,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +23,8 @@ from jobs import constants as c
 from jobs.errors import JobctlError
 from jobs.kinds import KINDS
 from jobs.kinds.base import estimate_tokens
-from jobs.tasks import Task
+from jobs.outcomes import UNSUPPORTED
+from jobs.tasks import Rejection, Task
 
 MAX_REPORTED = 20
 TASK_FIELDS = {"custom_id", "kind", "input", "options"}
@@ -65,9 +66,33 @@ class Limits:
     max_task_bytes: int = c.DEFAULT_MAX_TASK_BYTES
     context_tokens: int = c.DEFAULT_CONTEXT_TOKENS
     style: str = "json_schema"
+    # Options for every task of the file (`submit --options`); a task's own options win.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = None) -> list[Task]:
+@dataclass
+class Parsed:
+    """A file's tasks, and its OpenAI batch lines for endpoints jobctl does not serve (refused one by one)."""
+
+    tasks: list[Task]
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.tasks) + len(self.rejected)
+
+    # It reads as its list of tasks, so callers that only want the tasks need not know it is more.
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+
+def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = None) -> Parsed:
     limits = limits or Limits()
     text = decode(raw, source, limits)
     stripped = text.lstrip()
@@ -94,11 +119,17 @@ def parse_bytes(raw: bytes, source: str = "<stdin>", limits: Limits | None = Non
         pos, msg = _undecodable(e, text, 0)
         raise InputError(source, [Problem(f"{source}:{_line_col(text, pos)}", msg)]) from None
     if isinstance(whole, dict) and "tasks" in whole:
-        extra = sorted(set(whole) - {"tasks"})
+        extra = sorted(set(whole) - {"tasks", "options"})
         if extra:
             raise InputError(
-                source, [Problem(source, f'unknown top-level field {extra[0]!r}; only "tasks" is allowed')]
+                source,
+                [Problem(source, f'unknown top-level field {extra[0]!r}; only "tasks" and "options" are allowed')],
             )
+        file_options = whole.get("options") or {}
+        if not isinstance(file_options, dict):
+            raise InputError(source, [Problem(f"{source}: options", "must be an object of options for every task")])
+        # The file's options are defaults under the command line's (--options), under each task's own.
+        limits = replace(limits, options={**file_options, **limits.options})
         if not isinstance(whole["tasks"], list):
             raise InputError(
                 source, [Problem(f"{source}: tasks", f"must be a list of tasks, not {_json_type(whole['tasks'])}")]
@@ -288,17 +319,24 @@ def _jsonl_entries(text: str, source: str) -> Iterator[tuple[str, int, Any]]:
     yield from entries
 
 
-def _validate_all(entries: list[tuple[str, int, Any]], source: str, limits: Limits, form: str) -> list[Task]:
+def _validate_all(entries: list[tuple[str, int, Any]], source: str, limits: Limits, form: str) -> Parsed:
     if not entries:
         raise InputError(source, [Problem(source, "the file has no tasks")])
     problems: list[Problem] = []
     tasks: list[Task] = []
+    rejected: list[Rejection] = []
     seen: dict[str, str] = {}
     for where, _line, value in entries:
         try:
             task = to_task(value, where, limits)
         except _TaskProblems as e:
             problems.extend(e.problems)
+            continue
+        except _Unserved as e:
+            if e.rejection.custom_id in seen:
+                problems.append(Problem(where, f"duplicate custom_id {e.rejection.custom_id!r}"))
+            seen[e.rejection.custom_id] = where
+            rejected.append(e.rejection)
             continue
         if task.custom_id in seen:
             problems.append(
@@ -313,12 +351,19 @@ def _validate_all(entries: list[tuple[str, int, Any]], source: str, limits: Limi
         tasks.append(task)
     if problems:
         raise InputError(source, problems[:MAX_REPORTED], total=len(problems))
-    return tasks
+    return Parsed(tasks, rejected)
 
 
 class _TaskProblems(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
+
+
+class _Unserved(Exception):
+    """A well-formed OpenAI batch line for an endpoint jobctl does not serve."""
+
+    def __init__(self, rejection: Rejection):
+        self.rejection = rejection
 
 
 def to_task(value: Any, where: str, limits: Limits) -> Task:
@@ -333,7 +378,8 @@ def to_task(value: Any, where: str, limits: Limits) -> Task:
     if bad_values:
         raise _TaskProblems(bad_values)
     field = "input"
-    if "body" in value or "url" in value or "method" in value:
+    batch_line = "body" in value or "url" in value or "method" in value
+    if batch_line:
         value, field = _from_batch_line(value, where), "body"
     problems = []
     unknown = sorted(set(value) - TASK_FIELDS, key=str)
@@ -361,13 +407,17 @@ def to_task(value: Any, where: str, limits: Limits) -> Task:
         options = {}
     if not isinstance(options, dict):
         problems.append(Problem(f"{where}: options", f"must be an object, not {_json_type(options)}"))
+    elif limits.options and not batch_line:
+        options = {**limits.options, **options}
     if problems:
         raise _TaskProblems(problems)
     kind = KINDS[kind_name]
     data = _validate_model(kind.input_model, value["input"], f"{where}: {field}")
     opts = _validate_model(kind.options_model, options, f"{where}: options")
     assert isinstance(cid, str)  # _check_custom_id reported anything else
-    task = Task(custom_id=cid, kind=kind_name, input=value["input"], options=options, origin=where)
+    task = Task(
+        custom_id=cid, kind=kind_name, input=value["input"], options=options, origin=where, content_scoped=batch_line
+    )
     size = len(task.to_json())
     if size > limits.max_task_bytes:
         raise _TaskProblems(
@@ -491,12 +541,23 @@ def _from_batch_line(value: dict[str, Any], where: str) -> dict[str, Any]:
     if method != "POST":
         problems.append(Problem(f"{where}: method", f'must be "POST", not {method!r}'))
     url = value.get("url")
-    if url not in BATCH_URLS:
-        problems.append(Problem(f"{where}: url", f'{url!r} is not supported; jobctl runs "/v1/chat/completions"'))
+    if not isinstance(url, str) or not url.startswith("/"):
+        problems.append(Problem(f"{where}: url", 'must be an endpoint path such as "/v1/chat/completions"'))
     if not isinstance(value.get("body"), dict):
-        problems.append(Problem(f"{where}: body", "must be a chat completions request object"))
+        problems.append(Problem(f"{where}: body", "must be a request object"))
+    problems += _check_custom_id(value.get("custom_id"), where)
     if problems:
         raise _TaskProblems(problems)
+    if url not in BATCH_URLS:
+        # Like `vllm run-batch`: an error line for this request, the rest of the file still runs.
+        raise _Unserved(
+            Rejection(
+                str(value["custom_id"]),
+                UNSUPPORTED,
+                f"{str(url)[:80]!r} is not served; jobctl runs /v1/chat/completions",
+                where,
+            )
+        )
     return {"custom_id": value.get("custom_id"), "kind": "chat", "input": value["body"]}
 
 
@@ -543,10 +604,24 @@ def _json_type(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
-def parse_objects(values: list[Any], source: str = "tasks", limits: Limits | None = None) -> list[Task]:
+def parse_objects(values: list[Any], source: str = "tasks", limits: Limits | None = None) -> Parsed:
     """Validate tasks given as Python objects (the Python API), with the same rules as a file."""
     limits = limits or Limits()
     if not isinstance(values, list):
         raise InputError(source, [Problem(source, "expected a list of tasks")])
     entries = [(f"{source}[{i}]", 0, v) for i, v in enumerate(values)]
     return _validate_all(entries, source, limits, "tasks")
+
+
+def validate_entries(entries: list[tuple[str, int, Any]], source: str, limits: Limits | None = None) -> Parsed:
+    """Validate (where, line, task object) entries made by an importer, with the same rules as a file."""
+    return _validate_all(entries, source, limits or Limits(), "tasks")
+
+
+def check_task(task: Task, limits: Limits | None = None) -> None:
+    """Check a task changed after submit (`retry --options`) with the submit's rules; raises InputError."""
+    value = {"custom_id": task.custom_id, "kind": task.kind, "input": task.input, "options": task.options}
+    try:
+        to_task(value, f"task {task.custom_id!r}", limits or Limits())
+    except _TaskProblems as e:
+        raise InputError(f"task {task.custom_id!r}", e.problems) from None

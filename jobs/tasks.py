@@ -17,6 +17,9 @@ class Task:
     options: dict[str, Any] = field(default_factory=dict)
     # Where it came from, for error messages: "inbox.json:12".
     origin: str = ""
+    # OpenAI batch lines: their custom_ids are unique within one file only (as at OpenAI), so the same
+    # custom_id with other content in another file is another task, not a conflict.
+    content_scoped: bool = False
 
     def canonical(self) -> str:
         """The content that identifies a task for de-duplication (custom_id excluded)."""
@@ -43,3 +46,15 @@ class Task:
         data = kind.input_model.model_validate(self.input)
         options = kind.options_model.model_validate(self.options)
         return data, options, kind.request(data, options, style)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A line of an OpenAI batch file that jobctl does not serve (an embeddings or responses request, say).
+    Like `vllm run-batch`, it gets an error line of its own in the batch's errors instead of refusing
+    the whole file."""
+
+    custom_id: str
+    code: str
+    message: str
+    origin: str = ""

@@ -1,36 +1,42 @@
 """The Python API: what the CLI does, for automation scripts, without the shell.
 
-client = Client(queue="mail")            # flags as keyword arguments; else env; else defaults
+from producer import Client
+client = Client(queue="mail")            # keyword arguments override env, which overrides defaults
 sub = client.submit([{"custom_id": "m1", "kind": "email.triage", "input": {...}}])
 client.drain(base_url="http://127.0.0.1:8000/v1")     # or leave it to a worker / Modal
 status = client.wait(sub.batch_id)
-for line in client.results(sub.batch_id): print(line.line())
+for outcome in client.results(sub.batch_id):
+    print(outcome.custom_id, outcome.parsed)
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from jobs import keys
-from jobs.batch import Batch, BatchStatus, recent_batches
 from jobs.config import Settings
 from jobs.connection import connect
 from jobs.crypto import Cipher
 from jobs.errors import JobctlError
-from jobs.parse import InputError, Limits, Problem, parse_bytes, parse_objects
-from jobs.results import Outcome
-from jobs.scripts import Scripts
-from jobs.tasks import Task
-from producer.submit import SubmitResult, enqueue_tasks
+from jobs.outcomes import Outcome
+from jobs.parse import Limits, Parsed, parse_bytes, parse_objects
+from jobs.store import Batch, BatchStatus, SubmitResult, list_batches, submit
+from jobs.store import queues as store_queues
+from jobs.store.queues import Depth
+
+
+class WaitTimeoutError(JobctlError, TimeoutError):
+    """wait() ran past its timeout; the batch is still running."""
 
 
 class Client:
+    """One user's view of jobctl: a queue, a Redis and a key (each from keyword arguments, then the
+    environment, then defaults: see jobs.config.Settings). Connections and the key are opened lazily."""
+
     def __init__(self, settings: Settings | None = None, connection: redis.Redis | None = None, **overrides: Any):
         self.settings = (settings or Settings.from_env()).with_(**overrides)
         self._conn = connection
@@ -41,76 +47,100 @@ class Client:
 
     @property
     def connection(self) -> redis.Redis:
+        """The Redis connection (REDIS_URL, else the embedded Redis under JOBCTL_HOME)."""
         if self._conn is None:
             self._conn = connect(self.settings)
         return self._conn
 
     @property
     def cipher(self) -> Cipher:
+        """The key, loaded from JOBCTL_KEY or the key file."""
         if self._cipher is None:
             self._cipher = self.settings.cipher()
         return self._cipher
 
-    def limits(self) -> Limits:
+    def limits(self, options: dict[str, Any] | None = None) -> Limits:
+        """The input limits that submit checks files against, with batch-level `options`."""
         s = self.settings
-        return Limits(s.max_file_bytes, s.max_task_bytes, s.context_tokens, s.structured_output)
+        style = "json_schema" if s.structured_output == "auto" else s.structured_output
+        return Limits(s.max_file_bytes, s.max_task_bytes, s.context_tokens, style, dict(options or {}))
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def parse_file(self, path: str | Path) -> list[Task]:
-        p = Path(path)
-        try:
-            size = p.stat().st_size
-        except OSError as e:
-            raise JobctlError(f"cannot read {path}: {e.strerror}") from e
-        if size > self.settings.max_file_bytes:
-            # Refused before reading: a 100 MB file is not loaded to be told it is too big.
-            raise InputError(
-                str(path),
-                [
-                    Problem(
-                        str(path),
-                        f"the file is {size / 1e6:.1f} MB, over the "
-                        f"{self.settings.max_file_bytes // (1024 * 1024)} MiB limit; split it into smaller "
-                        "files (or raise JOBCTL_MAX_FILE_BYTES)",
-                    )
-                ],
-            )
-        try:
-            raw = p.read_bytes()
-        except OSError as e:  # a folder, or a file that went away or is unreadable
-            raise JobctlError(f"cannot read {path}: {e.strerror}") from e
-        return parse_bytes(raw, str(path), self.limits())
+    def parse_file(self, path: str | Path, options: dict[str, Any] | None = None) -> Parsed:
+        """Read and validate a task file (JSON, JSONL or OpenAI batch JSONL) without submitting it."""
+        from jobs.imports.reading import read_bounded
 
-    def submit_file(self, path: str | Path, queue: str | None = None) -> SubmitResult:
-        return self.submit_tasks(self.parse_file(path), queue)
+        raw = read_bounded(Path(path), str(path), self.settings.max_file_bytes)
+        return parse_bytes(raw, str(path), self.limits(options))
 
-    def submit_bytes(self, raw: bytes, source: str = "<stdin>", queue: str | None = None) -> SubmitResult:
-        return self.submit_tasks(parse_bytes(raw, source, self.limits()), queue)
+    def submit(
+        self,
+        tasks: list[dict[str, Any]],
+        queue: str | None = None,
+        *,
+        name: str | None = None,
+        metadata: dict[str, str] | None = None,
+        options: dict[str, Any] | None = None,
+        replace: bool = False,
+    ) -> SubmitResult:
+        """Validate `tasks` (dicts with custom_id, kind, input, options) and enqueue all of them, or none.
 
-    def submit(self, tasks: list[dict[str, Any]], queue: str | None = None) -> SubmitResult:
-        return self.submit_tasks(parse_objects(tasks, "tasks", self.limits()), queue)
+        Raises InputError (located problems) or ConflictError (a custom_id already queued with other
+        content; `replace=True` runs it again with the new content). A task already queued or done with
+        the same content is a duplicate: listed in the batch, not run again.
+        """
+        parsed = parse_objects(tasks, "tasks", self.limits(options))
+        return self.submit_parsed(parsed, queue, name=name, metadata=metadata, replace=replace)
 
-    def submit_tasks(self, tasks: list[Task], queue: str | None = None) -> SubmitResult:
+    def submit_file(self, path: str | Path, queue: str | None = None, **kw: Any) -> SubmitResult:
+        """Validate a task file and enqueue all of its tasks, or none (see submit() for the keywords)."""
+        options = kw.pop("options", None)
+        return self.submit_parsed(self.parse_file(path, options), queue, **kw)
+
+    def submit_bytes(self, raw: bytes, source: str = "<stdin>", queue: str | None = None, **kw: Any) -> SubmitResult:
+        """Like submit_file(), for the bytes of a task file (stdin, say)."""
+        options = kw.pop("options", None)
+        return self.submit_parsed(parse_bytes(raw, source, self.limits(options)), queue, **kw)
+
+    def submit_parsed(
+        self,
+        parsed: Parsed,
+        queue: str | None = None,
+        *,
+        name: str | None = None,
+        metadata: dict[str, str] | None = None,
+        replace: bool = False,
+    ) -> SubmitResult:
+        """Enqueue tasks that were already validated (parse_file(), or the importers)."""
         cipher = self.cipher  # before touching Redis: a missing key must not leave a half-made batch
-        return enqueue_tasks(self.connection, cipher, tasks, queue or self.settings.queue, self.settings.result_ttl)
+        return submit(
+            self.connection,
+            cipher,
+            parsed.tasks,
+            queue or self.settings.queue,
+            self.settings.result_ttl,
+            rejected=parsed.rejected,
+            name=name,
+            metadata=metadata,
+            replace=replace,
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
     def batch(self, batch_id: str) -> Batch:
-        return Batch(batch_id, self.connection)
+        """A handle on one batch (reads go to Redis each time)."""
+        return Batch(batch_id, self.connection, self.cipher)
 
-    def status(self, batch_id: str) -> BatchStatus:
-        return self.batch(batch_id).status()
+    def status(self, batch_id: str, verify: bool = False) -> BatchStatus:
+        """One batch's status and counts. `verify` also opens every result and names tampered ones."""
+        return self.batch(batch_id).status(verify=verify)
 
-    def batches(self, limit: int = 20) -> list[BatchStatus]:
-        out = []
-        for b in recent_batches(self.connection, limit):
-            try:
-                out.append(b.status())
-            except JobctlError:
-                continue  # expired between the index read and now
-        return out
+    def batches(
+        self, limit: int = 20, name: str | None = None, status: str | None = None, since: float | None = None
+    ) -> list[BatchStatus]:
+        """The most recent batches sealed with this key, newest first, optionally filtered."""
+        return list_batches(self.connection, self.cipher, limit, name, status, since)
 
     def wait(
         self,
@@ -119,88 +149,76 @@ class Client:
         poll: float = 1.0,
         on_progress: Callable[[BatchStatus], None] | None = None,
     ) -> BatchStatus:
+        """Poll until the batch has no queued or running task; returns its final status.
+
+        Raises WaitTimeoutError after `timeout` seconds. Redis outages are waited out with backoff
+        (up to the timeout, if any).
+        """
         end = time.monotonic() + timeout if timeout else None
+        delay = poll
         while True:
-            st = self.status(batch_id)
+            try:
+                st = self.status(batch_id)
+                delay = poll
+            except (redis.ConnectionError, redis.TimeoutError):
+                if end and time.monotonic() > end:
+                    raise
+                delay = min(30.0, delay * 2)
+                time.sleep(delay)
+                continue
             if on_progress:
                 on_progress(st)
             if st.done:
                 return st
             if end and time.monotonic() > end:
-                raise TimeoutError(
-                    f"batch {batch_id} still has {st.counts.get('queued', 0)} queued and "
-                    f"{st.counts.get('running', 0)} running tasks after {timeout}s"
+                raise WaitTimeoutError(
+                    f"batch {batch_id} still has {st.counts['queued']} queued and {st.counts['running']} running "
+                    f"tasks after {timeout:g}s"
                 )
             time.sleep(poll)
 
     def results(self, batch_id: str) -> Iterator[Outcome]:
+        """Each ended task's outcome (decrypted), in submission order."""
         batch = self.batch(batch_id)
-        batch.meta()  # a clear error for an unknown batch before any output
-        return batch.outcomes(self.cipher)
+        members = batch.members()  # a clear error for an unknown batch before any output
+        return batch.outcomes(members=members)
+
+    def queue_depth(self, queue: str | None = None) -> int:
+        """How many tasks wait in the queue."""
+        return self.queue_info(queue).queued
+
+    def queue_info(self, queue: str | None = None) -> Depth:
+        """Queued tasks, lapsed leases, running tasks and how long the oldest has waited."""
+        return store_queues.depth(self.connection, queue or self.settings.queue)
+
+    def drainers(self, queue: str | None = None) -> list[store_queues.Drainer]:
+        """The workers draining the queue now (jobctl's drainers announce themselves as RQ workers)."""
+        return store_queues.drainers(self.connection, queue or self.settings.queue)
 
     # -- changing ------------------------------------------------------------------------------
 
     def cancel(self, batch_id: str) -> int:
         """Drop the batch's queued tasks. Running ones finish. Returns how many were dropped."""
-        batch = self.batch(batch_id)
-        meta = batch.meta()
-        queue = meta["queue"]
-        scripts = Scripts(self.connection)
-        now = time.time()
-        ids = batch.job_ids()
-        statuses = batch.job_statuses(ids)
-        with self.connection.pipeline(transaction=False) as p:
-            for jid, st in zip(ids, statuses, strict=True):
-                if st == "queued":
-                    scripts.cancel(
-                        keys=[keys.queue_key(queue), keys.job_key(jid), keys.canceled_key(queue)],
-                        args=[jid, now + self.settings.result_ttl, _iso(now)],
-                        client=p,
-                    )
-            p.hset(keys.batch_key(batch_id), "cancelled_at", now)
-            res = p.execute()
-        return sum(int(x) for x in res[:-1])
+        return self.batch(batch_id).cancel()
 
-    def retry(self, batch_id: str) -> int:
-        """Re-queue the batch's failed tasks. Returns how many."""
-        batch = self.batch(batch_id)
-        queue = batch.meta()["queue"]
-        scripts = Scripts(self.connection)
-        ids = batch.job_ids()
-        statuses = batch.job_statuses(ids)
-        now = _iso(time.time())
-        with self.connection.pipeline(transaction=False) as p:
-            for jid, st in zip(ids, statuses, strict=True):
-                if st == "failed":
-                    scripts.retry(
-                        keys=[keys.failed_key(queue), keys.job_key(jid), keys.queue_key(queue)],
-                        args=[jid, now],
-                        client=p,
-                    )
-            p.hdel(keys.batch_key(batch_id), "cancelled_at")
-            res = p.execute()
-        return sum(int(x) for x in res[:-1])
+    def retry(self, batch_id: str, options: dict[str, Any] | None = None, include_cancelled: bool = False) -> int:
+        """Re-queue the batch's failed tasks (and cancelled ones with `include_cancelled`); `options` are merged
+        into each task's own (checked like at submit). Returns how many."""
+        from jobs.parse import check_task
 
-    def queue_depth(self, queue: str | None = None) -> int:
-        return int(self.connection.llen(keys.queue_key(queue or self.settings.queue)))
+        return self.batch(batch_id).retry(
+            options, validate=lambda t: check_task(t, self.limits()), include_cancelled=include_cancelled
+        )
 
     # -- draining in-process -------------------------------------------------------------------
 
     def drain(
         self, base_url: str | None = None, burst: bool = True, max_seconds: float | None = None, **options: Any
     ) -> Any:
-        """Drain the queue in this process against `base_url` (or OPENAI_BASE_URL); returns the report."""
+        """Drain the queue in this process against `base_url` (or OPENAI_BASE_URL); returns the DrainReport."""
         from worker.drain import run_drain
 
         url = base_url or self.settings.base_url
         if not url:
             raise JobctlError("no model server: pass base_url or set OPENAI_BASE_URL")
         return run_drain(self.settings, self.connection, self.cipher, url, burst, max_seconds, **options)
-
-
-def _iso(ts: float) -> str:
-    from datetime import datetime
-
-    from rq.utils import utcformat
-
-    return utcformat(datetime.fromtimestamp(ts, tz=UTC))

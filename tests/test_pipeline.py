@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from jobs.batch import Batch
-from producer.submit import ConflictError
+from jobs.store import Batch, ConflictError
 from tests.conftest import triage_task
 from tests.fake_openai import Fault, Reply
 
@@ -98,7 +97,7 @@ def test_rq_registries_show_state(client, drain, conn, settings):
     drain()
     assert q.count == 0
     assert len(FinishedJobRegistry(queue=q)) == 1 and len(FailedJobRegistry(queue=q)) == 0
-    jid = Batch(sub.batch_id, conn).job_ids()[0]
+    jid = next(m.job_id for m in Batch(sub.batch_id, conn, settings.cipher()).members())
     assert conn.hget(f"rq:job:{jid}", "status") == b"finished"
 
 

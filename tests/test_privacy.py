@@ -26,12 +26,10 @@ from typing import Any
 import pytest
 import redis
 
-from jobs import constants as c
-from jobs import keys
-from jobs.batch import Batch
 from jobs.config import Settings
 from jobs.connection import describe
 from jobs.crypto import Cipher, CryptoError, DecryptError, generate_key
+from jobs.store import Batch, codec, keys
 from producer.client import Client
 from tests.conftest import RedisProcess
 from tests.fake_openai import FakeOpenAI, Reply
@@ -264,16 +262,16 @@ def test_no_plaintext_in_redis_or_logs(client, conn, settings, fake, drain, work
     for name, proc in (("submit", submitted), ("worker", worked)):
         err = proc.stderr.decode()
         assert "DEBUG" in err or name == "submit"  # the worker did log at debug level
-        assert_no_markers(err, f"`jobctl -vv {name}` stderr", [settings.key, api_key])
-        assert_no_markers(proc.stdout.decode(), f"`jobctl {name}` stdout", [settings.key, api_key])
+        assert_no_markers(err, f"`jobctl -vv {name}` stderr", [settings.key_text, api_key])
+        assert_no_markers(proc.stdout.decode(), f"`jobctl {name}` stdout", [settings.key_text, api_key])
 
     assert any(r.levelno == logging.DEBUG for r in caplog.records)
-    assert_no_markers(caplog.text, "the in-process logs", [settings.key])
+    assert_no_markers(caplog.text, "the in-process logs", [settings.key_text])
 
     scan = Scan(conn)
     assert scan.types.keys() >= {"hash", "list", "zset", "stream"}, scan.types
     assert scan.unwrapped["zlib"] >= 2 * len(tasks) and scan.unwrapped["base64"] >= 2 * len(tasks), scan.unwrapped
-    assert not scan.hits([*M.values(), settings.key, api_key])
+    assert not scan.hits([*M.values(), settings.key_text, api_key])
 
     # The scanner finds a marker behind both layers, so its silence above means something.
     conn.set("probe", base64.b64encode(zlib.compress(f"x {M['body']} y".encode())))
@@ -291,12 +289,12 @@ def test_wrong_key_is_named_and_tampering_detected(client, conn, settings, drain
     with pytest.raises(DecryptError) as err:
         list(Client(other, connection=conn).results(sub.batch_id))
     assert mine in str(err.value) and theirs in str(err.value)
-    assert settings.key not in str(err.value) and other.key not in str(err.value)
+    assert settings.key_text not in str(err.value) and other.key_text not in str(err.value)
 
     # A worker with the wrong key refuses the queue, naming both keys.
     proc = subprocess.run(
         worker_cmd("worker", "--burst", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"),
-        env={**_env(settings), "JOBCTL_KEY": other.key or ""},
+        env={**_env(settings), "JOBCTL_KEY": other.key_text or ""},
         cwd=REPO,
         capture_output=True,
         timeout=60,
@@ -305,17 +303,20 @@ def test_wrong_key_is_named_and_tampering_detected(client, conn, settings, drain
     assert proc.returncode == 1 and mine in stderr and theirs in stderr and "Traceback" not in stderr, stderr
 
     # Flip one byte of one result's ciphertext: reading it says it was tampered with.
-    jid = Batch(sub.batch_id, conn).job_ids()[0]
-    [(_eid, fields)] = conn.xrange(keys.results_key(jid))
+    jid = next(m.job_id for m in Batch(sub.batch_id, conn, settings.cipher()).members())
+    [(_eid, fields)] = conn.xrange(keys.results(jid))
     token = json.loads(base64.b64decode(fields[b"return_value"]))
     prefix, kid, body = token.split(".", 2)
     raw = bytearray(base64.b64decode(body))
     raw[len(raw) // 2] ^= 0x01
     fields[b"return_value"] = base64.b64encode(json.dumps(f"{prefix}.{kid}.{base64.b64encode(raw).decode()}").encode())
-    conn.delete(keys.results_key(jid))
-    conn.xadd(keys.results_key(jid), fields)
-    with pytest.raises(DecryptError, match="tampered"):
-        list(client.results(sub.batch_id))
+    conn.delete(keys.results(jid))
+    conn.xadd(keys.results(jid), fields)
+    # The tampered result is named; the others still read.
+    outs = list(client.results(sub.batch_id))
+    tampered = [o for o in outs if o.error and o.error["code"] == "tampered"]
+    assert [o.job_id for o in tampered] == [jid]
+    assert len(outs) == len(private_tasks()) and all(o.ok for o in outs if o.job_id != jid)
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -324,7 +325,7 @@ def _env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
         "REDIS_URL": settings.redis_url or "",
-        "JOBCTL_KEY": settings.key or "",
+        "JOBCTL_KEY": settings.key_text or "",
         "JOBCTL_QUEUE": settings.queue,
         "JOBCTL_HOME": str(settings.home),
     }
@@ -340,10 +341,10 @@ def test_queue_path_holds_json_not_pickle(client, conn, settings, drain, fake):
         data = zlib.decompress(conn.hget(k, "data"))
         assert not data.startswith(b"\x80"), f"{k!r} holds a pickle"
         func, _instance, args, kwargs = json.loads(data)
-        assert func == c.TASK_FUNC and kwargs == {} and args[0].startswith("jc1.")
+        assert func == codec.TASK_FUNC and kwargs == {} and args[0].startswith("jc1.")
     kinds = Counter()
-    for jid in Batch(sub.batch_id, conn).job_ids():
-        [(_eid, fields)] = conn.xrange(keys.results_key(jid))
+    for jid in [m.job_id for m in Batch(sub.batch_id, conn, settings.cipher()).members()]:
+        [(_eid, fields)] = conn.xrange(keys.results(jid))
         if b"return_value" in fields:
             assert json.loads(base64.b64decode(fields[b"return_value"])).startswith("jc1.")
             kinds["ok"] += 1
@@ -440,7 +441,9 @@ def test_redis_password_stays_out_of_descriptions_errors_and_logs(settings, fake
         assert proc.returncode == 0, proc.stderr.decode()[-3000:]
         assert json.loads(proc.stdout)["done"] == len(private_tasks())
         assert_no_markers(
-            proc.stderr.decode() + proc.stdout.decode(), "`jobctl -vv worker` output", [password, settings.key or ""]
+            proc.stderr.decode() + proc.stdout.decode(),
+            "`jobctl -vv worker` output",
+            [password, settings.key_text or ""],
         )
         bad = subprocess.run(
             worker_cmd("-vv", "worker", "--burst"),

@@ -1,59 +1,78 @@
-"""The drain: many requests in flight against one OpenAI-compatible server, each task still
-moving through RQ's states (queued -> started -> finished/failed).
+"""The drain: many requests in flight against one OpenAI-compatible server, each task still moving
+through RQ's states (queued -> started -> finished/failed).
 
-RQ runs one job at a time per worker; an inference server wants hundreds at once. So one
-asyncio loop claims tasks from the RQ queue (atomically, in batches), runs up to
-`concurrency` of them as coroutines over one AsyncOpenAI client, and writes results back
-in batched pipelines. Each claimed task holds a lease in RQ's started registry that the
-loop renews; a task whose worker died is put back once its lease runs out, by whichever
-worker looks next. A result is written only by the worker that still holds the lease,
-so two workers on one queue never both write one task.
+RQ runs one job at a time per worker; an inference server wants hundreds at once. So one asyncio
+loop claims tasks from one or more RQ queues (atomically, in batches, fairly across queues), runs
+up to a window of them as coroutines over one AsyncOpenAI client, and writes results back in
+batched pipelines, all through the store (jobs.store.work). Against vLLM the window follows the
+server's own load (worker.window); elsewhere it is the configured concurrency.
 
-When the model server goes away (every connection refused), the drain does not fail task
-after task with `connection_error`: after `Policy.unreachable_after` refused connections in
-a row across tasks (any answer from the server resets the count), or when a task would fail
-on a refusal that follows another, it stops with ServerUnreachableError and hands its
-running tasks back to the queue (worker.llm's ServerHealth). Tasks already finished stay
-written; a worker run once the server is back takes up the rest.
+Each claimed task holds a lease that the loop renews; a task whose worker died is put back once
+its lease runs out, by whichever worker sweeps next (or by RQ's own cleanup). Only the worker that
+still holds the lease writes a result. The drain registers as an RQ worker while it runs, so
+`rq info` lists it with its state.
+
+When the model server goes away (every connection refused) the drain stops with
+ServerUnreachableError and hands its running tasks back rather than failing them one by one
+(worker.llm's ServerHealth). A task sealed with another key stops the drain the same way: a worker
+never seals a result under a key that is not the queue's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from openai import AsyncOpenAI
 
-from jobs import results as r
+from jobs import outcomes as o
 from jobs.config import Settings
-from jobs.crypto import Cipher, CryptoError
+from jobs.crypto import Cipher, CryptoError, DecryptError
 from jobs.errors import JobctlError
-from jobs.tasks import Task
+from jobs.kinds.base import OutputInvalid
+from jobs.outcomes import Failure
+from jobs.store import queues as store_queues
+from jobs.store.submit import roll_forward_if_needed
+from jobs.store.work import Claimed, Finished, WorkQueue
 from worker.llm import FatalServerError, Policy, ServerHealth, TaskOutcome, run_task
 from worker.report import DrainReport
-from worker.state import Claimed, Finish, QueueState
+from worker.window import AdaptiveWindow, WindowController
 
 log = logging.getLogger("jobctl.worker")
+
+# Kinds whose answers are checked against a schema the user wrote: checked off the event loop,
+# with a time limit, so no answer can stall the drain or its signal handling.
+USER_SCHEMA_KINDS = ("extract", "chat")
+VALIDATION_TIMEOUT = 10.0
 
 
 class RedisUnavailableError(JobctlError):
     """Redis stayed unreachable past the drain's patience; unfinished tasks return by their leases."""
 
 
+class WrongKeyError(CryptoError):
+    """The queue's tasks are sealed with another key than this worker's."""
+
+
 @dataclass
 class DrainOptions:
-    queue: str
+    queues: list[str] = field(default_factory=lambda: ["jobctl"])
     model: str | None = None
+    # Requests in flight against a server without load metrics; against vLLM (adaptive=True) the window
+    # starts here and follows the server's load up to max_in_flight.
     concurrency: int = 64
+    max_in_flight: int = 1024
+    adaptive: bool = True
     burst: bool = True
     max_seconds: float | None = None
+    # When the time budget started (time.monotonic()); None: when the drain starts. Modal counts its cold start.
+    started_at: float | None = None
     lease_seconds: int = 30
     result_ttl: int = 7 * 24 * 3600
     style: str = "json_schema"
@@ -63,6 +82,7 @@ class DrainOptions:
     # After the time budget, how long running requests may finish before they are handed back.
     grace_seconds: float = 30.0
     worker_name: str = ""
+    register: bool = True
 
 
 class Drainer:
@@ -80,17 +100,28 @@ class Drainer:
         self.opt = options
         self.policy = policy or Policy()
         self.health = ServerHealth()
-        name = options.worker_name or f"jobctl-{socket.gethostname()}-{os.getpid()}"
-        self.state = QueueState(connection, options.queue, name, options.lease_seconds, options.result_ttl)
-        self.report = DrainReport(queue=options.queue)
-        self._inflight: dict[str, tuple[Claimed, asyncio.Task[None]]] = {}
-        self._done: list[Finish] = []
-        self._unflushed: list[Finish] = []
+        self.queues = [
+            WorkQueue(
+                connection,
+                cipher,
+                q,
+                options.lease_seconds,
+                options.result_ttl,
+                f"{options.worker_name}-{i}" if options.worker_name and i else (options.worker_name or None),
+            )
+            for i, q in enumerate(dict.fromkeys(options.queues))
+        ]
+        self.report = DrainReport(queue=",".join(q.queue for q in self.queues))
+        self._inflight: dict[str, tuple[Claimed, WorkQueue, asyncio.Task[None]]] = {}
+        self._done: list[tuple[WorkQueue, Finished]] = []
+        self._unflushed: list[tuple[WorkQueue, Finished]] = []
         self._wake = asyncio.Event()
         self._stopping = ""
         self._fatal: BaseException | None = None
         self._hard_stop = False
-        self._deadline: float | None = None
+        self._next = 0  # the queue that claims first next round (fairness)
+        self._validator = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jobctl-validate")
+        self.window: AdaptiveWindow | None = None
 
     def stop(self, reason: str = "stop requested") -> None:
         """Stop claiming; running requests finish (within grace_seconds) and are written."""
@@ -98,17 +129,46 @@ class Drainer:
             self._stopping = reason
         self._wake.set()
 
+    def stop_now(self) -> None:
+        """Stop at once: running requests are cancelled and their tasks handed back to the queue."""
+        self.stop("stopped at once")
+        self._hard_stop = True
+        self._wake.set()
+
+    @property
+    def ceiling(self) -> int:
+        return max(self.opt.concurrency, self.opt.max_in_flight) if self.opt.adaptive else self.opt.concurrency
+
+    @property
+    def target(self) -> int:
+        if self.window is not None and self.window.adaptive:
+            return min(self.ceiling, self.window.target)
+        return self.opt.concurrency
+
     async def drain(self) -> DrainReport:
         t0 = time.monotonic()
-        self._deadline = deadline = t0 + self.opt.max_seconds if self.opt.max_seconds else None
+        start = self.opt.started_at if self.opt.started_at is not None else t0
+        deadline = start + self.opt.max_seconds if self.opt.max_seconds else None
         self._check_key()  # before the server: a wrong key is the first thing to say
         if not self.opt.model or self.opt.style == "auto":
             await self._discover_server()
         self.report.model = self.opt.model or self.report.model
-        self.report.requeued_abandoned += self._guard(self.state.requeue_abandoned)[0]
-        log.info(
-            "drain start: queue=%s concurrency=%d model=%s", self.opt.queue, self.opt.concurrency, self.report.model
-        )
+        if self.opt.register:
+            self._guard(self._register)
+        if self.opt.adaptive:
+            self.window = AdaptiveWindow(
+                str(self.client.base_url),
+                _api_key(self.client),
+                WindowController(
+                    initial=self.opt.concurrency,
+                    min_window=min(8, self.opt.concurrency),
+                    max_window=self.ceiling,
+                ),
+                in_flight=lambda: len(self._inflight),
+            )
+            self.window.start()
+        self._guard(self._sweep)
+        log.info("drain start: queues=%s in flight=%d (at most %d)", self.report.queue, self.target, self.ceiling)
         last_beat = last_sweep = time.monotonic()
         redis_down_since: float | None = None
         try:
@@ -123,20 +183,15 @@ class Drainer:
                 try:
                     self._flush()
                     claimed_any = False
-                    free = self.opt.concurrency - len(self._inflight)
+                    free = self.target - len(self._inflight)
                     if not self._stopping and free > 0:
-                        claimed = self.state.claim(free)
-                        claimed_any = bool(claimed)
-                        for cl in claimed:
-                            self._start(cl)
+                        claimed_any = self._claim(free)
                     if now - last_beat >= self.opt.lease_seconds / 3:
-                        self.state.heartbeat([cl.member for cl, _ in self._inflight.values()])
+                        self._heartbeat()
                         last_beat = now
                     if now - last_sweep >= max(1.0, self.opt.lease_seconds / 2):
-                        requeued = self.state.requeue_abandoned()[0]
-                        self.report.requeued_abandoned += requeued
-                        # Claim them next round: a burst drain must not call the queue empty now.
-                        claimed_any = claimed_any or requeued > 0
+                        # Claim what went back next round: a burst drain must not call the queue empty now.
+                        claimed_any = self._sweep() or claimed_any
                         last_sweep = now
                     redis_down_since = None
                 except redis.ConnectionError as e:
@@ -164,7 +219,7 @@ class Drainer:
                     break
                 if self._stopping and not self.opt.grace_seconds:
                     break
-                if not claimed_any or not free:
+                if not claimed_any or self.target - len(self._inflight) <= 0:
                     await self._sleep(self.opt.lease_seconds / 3, deadline)
                 else:
                     # Let the new requests get going before claiming again.
@@ -183,49 +238,125 @@ class Drainer:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def stop_now(self) -> None:
-        """Stop at once: running requests are cancelled and their tasks handed back to the queue."""
-        self.stop("stopped at once")
-        self._hard_stop = True
-        self._wake.set()
+    def _claim(self, free: int) -> bool:
+        """Claim up to `free` tasks, shared fairly across the queues; True if any came."""
+        n = len(self.queues)
+        order = [self.queues[(self._next + i) % n] for i in range(n)]
+        self._next = (self._next + 1) % n
+        got = False
+        for i, wq in enumerate(order):
+            share = -(-free // (n - i))
+            claimed = wq.claim(share)
+            for n, cl in enumerate(claimed):
+                if not self._accept(wq, cl):
+                    wq.release(claimed[n:])  # none of these was started: back to the queue as they were
+                    return got
+                self._start(wq, cl)
+            free -= len(claimed)
+            got = got or bool(claimed)
+            if free <= 0:
+                break
+        if got and self.opt.register:
+            for wq in self.queues:
+                wq.set_busy(True)
+        return got
 
-    def _start(self, cl: Claimed) -> None:
-        task = asyncio.get_running_loop().create_task(self.perform_task(cl))
-        self._inflight[cl.member] = (cl, task)
+    def _accept(self, wq: WorkQueue, cl: Claimed) -> bool:
+        key_id = cl.key_id()
+        if key_id is not None and key_id != self.cipher.key_id:
+            # Never seal anything under our key for a task sealed with another: it goes back, and the drain stops.
+            self._fatal = WrongKeyError(
+                f"queue {wq.queue!r} holds tasks sealed with key {key_id}, but this worker's key is "
+                f"{self.cipher.key_id}; give the worker the submitter's JOBCTL_KEY. Nothing was run"
+            )
+            self._wake.set()
+            return False
+        return True
 
-    async def perform_task(self, cl: Claimed) -> None:
+    def _register(self) -> None:
+        for wq in self.queues:
+            wq.register()
+
+    def _heartbeat(self) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for cl, wq, _ in self._inflight.values():
+            by_queue.setdefault(wq.queue, []).append(cl.member)
+        for wq in self.queues:
+            wq.heartbeat(by_queue.get(wq.queue, []))
+            if self.opt.register:
+                store_queues.note_worker_seen(self.conn, wq.queue)
+                wq.set_busy(bool(by_queue.get(wq.queue)))
+
+    def _sweep(self) -> bool:
+        back = False
+        for wq in self.queues:
+            requeued, exhausted = wq.sweep()
+            self.report.requeued_abandoned += requeued
+            back = back or requeued > 0
+            for cl in exhausted:
+                failure = Failure(
+                    "",
+                    o.ABANDONED,
+                    "the workers running this task stopped (killed or lost) too many times; `jobctl retry` "
+                    "re-queues it",
+                )
+                self._done.append((wq, Finished(cl, self._with_custom_id(cl, failure))))
+            roll_forward_if_needed(self.conn, wq.queue)
+        return back
+
+    def _with_custom_id(self, cl: Claimed, failure: Failure) -> Failure:
+        try:
+            cid = cl.open(self.cipher).custom_id
+        except (DecryptError, ValueError, KeyError):
+            cid = ""
+        return Failure(cid, failure.code, failure.message)
+
+    def _start(self, wq: WorkQueue, cl: Claimed) -> None:
+        task = asyncio.get_running_loop().create_task(self.perform_task(wq, cl))
+        self._inflight[cl.member] = (cl, wq, task)
+
+    async def perform_task(self, wq: WorkQueue, cl: Claimed) -> None:
         try:
             try:
-                task = Task.from_json(self.cipher.decrypt(cl.payload(), f"task:{cl.job_id}"))
-            except (CryptoError, ValueError, KeyError) as e:
+                task = cl.open(self.cipher)
+            except (DecryptError, ValueError, KeyError, TypeError) as e:
+                what = "failed authentication (changed or replayed in Redis)" if isinstance(e, DecryptError) else ""
                 outcome = TaskOutcome(
-                    False, {"custom_id": "", "code": r.UNREADABLE, "message": f"the task could not be read: {e}"}, 0
+                    Failure("", o.UNREADABLE, f"the task could not be read: {what or type(e).__name__}")
                 )
             else:
-                outcome = await run_task(self.client, self.report.model, task, self.opt.style, self.policy, self.health)
-            self.handle_outcome(cl, outcome)
+                outcome = await run_task(
+                    self.client, self.report.model, task, self.opt.style, self.policy, self.health, self._validate
+                )
+            self.handle_outcome(wq, cl, outcome)
         except FatalServerError as e:
             self._fatal = e
             self._wake.set()
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # one task's bug must not stop the drain
-            log.exception("task %s crashed the worker code", cl.job_id)
-            self.handle_outcome(
-                cl, TaskOutcome(False, {"custom_id": "", "code": "worker_error", "message": type(e).__name__}, 0)
-            )
+        except Exception as e:  # one task's bug must not stop the drain; its text stays out of the log
+            log.error("task %s: the worker's code failed (%s)", cl.job_id, type(e).__name__)
+            self.handle_outcome(wq, cl, TaskOutcome(Failure("", o.WORKER_ERROR, type(e).__name__)))
 
-    def handle_outcome(self, cl: Claimed, outcome: TaskOutcome) -> None:
-        jid = cl.job_id
-        if outcome.ok:
-            sealed = r.seal_success(self.cipher, jid, outcome.record)
-        else:
-            sealed = r.seal_failure(self.cipher, jid, outcome.record)
-            log.info("task %s failed: %s after %d attempts", jid, outcome.code, outcome.attempts)
+    async def _validate(self, kind: Any, content: Any, data: Any, options: Any) -> Any:
+        if kind.name not in USER_SCHEMA_KINDS:
+            return kind.parse_output(content, data, options)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._validator, kind.parse_output, content, data, options)
+        try:
+            return await asyncio.wait_for(fut, VALIDATION_TIMEOUT)
+        except TimeoutError as e:
+            raise OutputInvalid(f"checking the answer against the schema took over {VALIDATION_TIMEOUT:g}s") from e
+
+    def handle_outcome(self, wq: WorkQueue, cl: Claimed, outcome: TaskOutcome) -> None:
+        res = outcome.result
+        if not res.ok:
+            log.info("task %s failed: %s after %d attempts", cl.job_id, getattr(res, "code", "?"), res.attempts)
         self.report.retries += len(outcome.retried)
-        self.report.prompt_tokens += outcome.prompt_tokens
-        self.report.completion_tokens += outcome.completion_tokens
-        self._done.append(Finish(cl, outcome.ok, sealed))
+        self.report.prompt_tokens += res.usage.prompt_tokens
+        self.report.completion_tokens += res.usage.completion_tokens
+        self.report.add_batch(cl.batch_id, res.usage.prompt_tokens, res.usage.completion_tokens)
+        self._done.append((wq, Finished(cl, res)))
         self._inflight.pop(cl.member, None)
         self._wake.set()
 
@@ -236,16 +367,22 @@ class Drainer:
         if not self._unflushed:
             return
         items = self._unflushed
-        written = self.state.finish_many(items)  # raises on a Redis fault: items stay unflushed
+        by_queue: dict[str, list[tuple[WorkQueue, Finished]]] = {}
+        for wq, f in items:
+            by_queue.setdefault(wq.queue, []).append((wq, f))
+        written: list[tuple[Finished, bool]] = []
+        for pairs in by_queue.values():
+            flags = pairs[0][0].finish([f for _, f in pairs])  # raises on a Redis fault: items stay unflushed
+            written += list(zip([f for _, f in pairs], flags, strict=True))
         self._unflushed = []
-        for f, ok in zip(items, written, strict=True):
+        for f, ok in written:
             if not ok:
                 self.report.superseded += 1
-            elif f.ok:
+            elif f.result.ok:
                 self.report.done += 1
             else:
                 self.report.failed += 1
-                self.report.errors[r.failure_code(f.sealed)] += 1
+                self.report.errors[getattr(f.result, "code", "?")] += 1
 
     async def _sleep(self, seconds: float, deadline: float | None) -> None:
         if deadline:
@@ -259,61 +396,80 @@ class Drainer:
             pass
 
     def _others_running(self) -> bool:
-        # Tasks other workers hold: a burst drain waits for them, so a dead worker's tasks
-        # (put back when their leases run out) are not left behind. Tasks put back into the
-        # queue since this round's claim (released, re-queued, retried) are not left behind either.
+        # Tasks other workers hold: a burst drain waits for them, so a dead worker's tasks (put back when
+        # their leases run out) are not left behind. Tasks put back into a queue since this round's claim
+        # (released, re-queued, retried) are not left behind either.
         try:
-            return self.state.running() > len(self._inflight) or self.state.depth() > 0
+            held = queued = 0
+            for wq in self.queues:
+                q, h = wq.pending()
+                queued += q
+                held += h
+            return held > len(self._inflight) or queued > 0
         except redis.ConnectionError:
             return True  # Redis went away after this round's calls: the loop's next round waits for it
 
     async def _wind_down(self) -> None:
+        if self.window is not None:
+            await self.window.stop()
+            self.report.window = self.window.history[-20:]
         if self._inflight:
-            for _cl, t in self._inflight.values():
+            for _cl, _wq, t in self._inflight.values():
                 t.cancel()
-            await asyncio.gather(*(t for _, t in self._inflight.values()), return_exceptions=True)
-            left = [cl for cl, _ in self._inflight.values()]
+            await asyncio.gather(*(t for _, _, t in self._inflight.values()), return_exceptions=True)
+            left = list(self._inflight.values())
             self._inflight.clear()
             try:
-                self.report.released += self.state.release(left)
+                for wq in self.queues:
+                    self.report.released += wq.release([cl for cl, q, _ in left if q is wq])
             except redis.ConnectionError:
                 log.warning("could not hand %d running tasks back; their leases will", len(left))
         try:
             self._flush()
         except redis.ConnectionError:
             log.warning("could not write %d results; their tasks return by lease", len(self._unflushed))
+        if self.opt.register:
+            try:
+                for wq in self.queues:
+                    wq.unregister()
+            except redis.ConnectionError:
+                pass  # the registration expires on its own
+        self._validator.shutdown(wait=False, cancel_futures=True)
 
     async def _discover_server(self) -> None:
         """The model to use (the server's first), and with style "auto" how it takes structured output."""
+        from worker.errors import describe_server_error
+
         try:
             models = await self.client.models.list()
         except Exception as e:
-            raise JobctlError(
-                f"cannot list the server's models ({type(e).__name__}); is the server up at "
-                f"{self.client.base_url}? Pass --model and --structured-output to skip this check"
-            ) from e
+            raise describe_server_error(e, self.client) from e
         if not models.data:
             raise JobctlError("the server lists no models; pass --model")
-        self.report.model = models.data[0].id
+        self.report.model = self.opt.model or models.data[0].id
         if self.opt.style == "auto":
             self.opt.style = style_for(getattr(models.data[0], "owned_by", "") or "")
             self.report.notes.append(f"structured output: {self.opt.style} (detected)")
 
     def _check_key(self) -> None:
-        from jobs import constants as c
-
-        held = self._guard(lambda: self.conn.hget(c.QUEUE_KEY_IDS, self.opt.queue))
-        if held is not None and held.decode() != self.cipher.key_id:
-            raise CryptoError(
-                f"queue {self.opt.queue!r} holds tasks encrypted with key {held.decode()}, but this worker's key is "
-                f"{self.cipher.key_id}; give the worker the submitter's JOBCTL_KEY"
-            )
+        for wq in self.queues:
+            held = self._guard(wq.queue_key_id)
+            if held is not None and held != self.cipher.key_id:
+                raise WrongKeyError(
+                    f"queue {wq.queue!r} holds tasks sealed with key {held}, but this worker's key is "
+                    f"{self.cipher.key_id}; give the worker the submitter's JOBCTL_KEY"
+                )
 
     def _guard(self, fn):  # type: ignore[no-untyped-def]
         try:
             return fn()
         except redis.ConnectionError as e:
             raise RedisUnavailableError(f"cannot reach Redis ({type(e).__name__}); check REDIS_URL") from e
+
+
+def _api_key(client: Any) -> str | None:
+    key = getattr(client, "api_key", None)
+    return key if isinstance(key, str) and key != "none" else None
 
 
 def install_signal_handlers(drainer: Drainer) -> None:
@@ -345,13 +501,6 @@ def style_for(owned_by: str) -> str:
     return "json_object" if owned_by.lower() in JSON_OBJECT_OWNERS else "json_schema"
 
 
-def make_client(base_url: str, api_key: str | None, concurrency: int, timeout: float) -> Any:
-    """The drain's client: AsyncOpenAI shards whose pools together fit the concurrency (worker.http)."""
-    from worker.http import ShardedClient
-
-    return ShardedClient(base_url, api_key, concurrency, timeout)
-
-
 async def drain_queue(
     connection: redis.Redis,
     cipher: Cipher,
@@ -361,9 +510,12 @@ async def drain_queue(
     policy: Policy | None = None,
     signals: bool = False,
     timeout: float = 120.0,
+    http_client: str = "aiohttp",
 ) -> DrainReport:
-    client = make_client(base_url, api_key, options.concurrency, timeout)
-    async with client:
+    from worker.http import make_client
+
+    pool = max(options.concurrency, options.max_in_flight) if options.adaptive else options.concurrency
+    async with make_client(base_url, api_key, pool, timeout, http_client) as client:
         drainer = Drainer(connection, cipher, client, options, policy)
         if signals:
             install_signal_handlers(drainer)
@@ -379,13 +531,15 @@ def run_drain(
     max_seconds: float | None = None,
     signals: bool = False,
     api_key: str | None = None,
+    queues: list[str] | None = None,
     **overrides: Any,
 ) -> DrainReport:
     """One drain with the options a Settings gives (flags, env, defaults); `overrides` win."""
     fields: dict[str, Any] = {
-        "queue": settings.queue,
+        "queues": queues or [settings.queue],
         "model": settings.model,
         "concurrency": settings.concurrency,
+        "max_in_flight": settings.max_in_flight,
         "burst": burst,
         "max_seconds": max_seconds,
         "lease_seconds": settings.lease_seconds,
@@ -399,10 +553,11 @@ def run_drain(
             connection,
             cipher,
             base_url,
-            api_key or settings.api_key,
+            api_key or settings.api_key_text,
             DrainOptions(**fields),
             policy,
             signals=signals,
             timeout=settings.request_timeout,
+            http_client=settings.http_client,
         )
     )

@@ -1,14 +1,18 @@
-"""The connection pool the drain talks through: several AsyncOpenAI clients, each with a few
-connections, and each request sent through the least busy one.
+"""The HTTP client the drain talks through.
 
-httpcore's pool looks at every one of its connections for every request (a poll syscall
-and a peer lookup each), so one pool of 256 connections spends more CPU choosing a
-connection than sending the request. Shards of 16 keep that scan short, while the drain
-still has `concurrency` requests in flight.
+Two transports, chosen by JOBCTL_HTTP_CLIENT and compared in bench/cpu_bench.py:
+
+* `aiohttp` (the default): the OpenAI SDK's own aiohttp transport (`openai[aiohttp]`,
+  `DefaultAioHttpClient`) with a connection pool as large as the concurrency;
+* `httpx`: AsyncOpenAI over httpx2, its pool split into shards of 16 connections. httpcore's pool
+  looks at every one of its connections for every request (a poll syscall and a peer lookup
+  each), so one pool of 256 connections spends more CPU choosing a connection than sending.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -43,6 +47,10 @@ class ShardedClient:
         return self.shards[0].base_url
 
     @property
+    def api_key(self) -> str:
+        return self.shards[0].api_key
+
+    @property
     def models(self) -> Any:
         return self.shards[0].models
 
@@ -58,8 +66,28 @@ class ShardedClient:
         for s in self.shards:
             await s.close()
 
-    async def __aenter__(self) -> ShardedClient:
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+@contextlib.asynccontextmanager
+async def make_client(
+    base_url: str, api_key: str | None, concurrency: int, timeout: float, transport: str = "aiohttp"
+) -> AsyncIterator[Any]:
+    """The drain's client: AsyncOpenAI over aiohttp, or the sharded httpx pool (see the module doc)."""
+    if transport == "httpx":
+        sharded = ShardedClient(base_url, api_key, concurrency, timeout)
+        try:
+            yield sharded
+        finally:
+            await sharded.close()
+        return
+    limits = httpx2.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    client = AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key or "none",
+        max_retries=0,
+        timeout=timeout,
+        http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout),
+    )
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,27 +1,38 @@
 """One task against an OpenAI-compatible server: build the request, call, check the answer, retry.
 
-Transient faults (connection, timeout, 429, 5xx, an unreadable body) are retried with
-exponential backoff. An answer cut off at max_tokens, or one that fails the task's schema,
-is asked again (a little warmer) and then failed with its reason. Errors that no retry can
-fix (a 400, a prompt over the context) fail at once. Errors that no task can get past
-(a wrong API key, an unknown model) stop the whole drain: see FatalServerError. So does a
-server that stopped answering altogether: see ServerHealth.
+Transient faults (connection, timeout, 429, 5xx, an unreadable body) are retried with exponential
+backoff, or after the server's own Retry-After on 429 and 503. An answer cut off at max_tokens, or
+one that fails the task's schema, is asked again (a little warmer) and then failed with its reason;
+so is any odd answer (a content list, a number too long to read, brackets nested 100,000 deep, a
+bad usage block): all of it is `invalid_output`, never a crash. Errors no retry can fix (a 400, a
+prompt over the context) fail at once. Errors no task can get past (a wrong API key, an unknown
+model) stop the whole drain: see FatalServerError. So does a server that stopped answering: see
+ServerHealth.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
 
-from jobs import results as r
+from jobs import outcomes as o
 from jobs.errors import JobctlError
 from jobs.kinds.base import OutputInvalid
+from jobs.outcomes import Failure, Success, TaskResult, Usage
 from jobs.tasks import Task
+from worker.errors import connection_fault
+
+# A Retry-After longer than this is not waited out inside one task: the task fails as rate limited,
+# and its retry (`jobctl retry`) comes later.
+MAX_RETRY_AFTER = 120.0
 
 
 class FatalServerError(JobctlError):
@@ -63,16 +74,14 @@ class Policy:
 
 @dataclass
 class TaskOutcome:
-    ok: bool
-    record: dict[str, Any]
-    attempts: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    """A task's result and what it took: the codes of the attempts that were retried."""
+
+    result: TaskResult
     retried: list[str] = field(default_factory=list)
 
     @property
-    def code(self) -> str:
-        return str(self.record.get("code", "ok"))
+    def ok(self) -> bool:
+        return self.result.ok
 
 
 class _Retry(Exception):
@@ -84,55 +93,59 @@ class _Retry(Exception):
         status: int | None = None,
         body: Any = None,
         refused: bool = False,
+        after: float | None = None,
     ):
         super().__init__(message)
         self.code, self.message, self.output, self.status, self.body = code, message, output, status, body
         self.refused = refused  # no connection could be made: nothing listens there now
+        self.after = after  # the server's Retry-After, in seconds
 
 
 class _Final(_Retry):
     pass
 
 
+# Validates an answer: (content, data, options) -> the parsed value. The drain passes one that runs
+# off its event loop with a time limit; the default runs inline.
+Validate = Callable[[Any, Any, Any, Any], Awaitable[Any]]
+
+
+async def _inline_validate(kind: Any, content: Any, data: Any, options: Any) -> Any:
+    return kind.parse_output(content, data, options)
+
+
 async def run_task(
-    client: AsyncOpenAI, model: str, task: Task, style: str, policy: Policy, health: ServerHealth | None = None
+    client: AsyncOpenAI,
+    model: str,
+    task: Task,
+    style: str,
+    policy: Policy,
+    health: ServerHealth | None = None,
+    validate: Validate = _inline_validate,
 ) -> TaskOutcome:
     try:
         data, options, body = task.build(style)
     except Exception as e:  # validated at submit; a worker with other kinds may still disagree
-        return TaskOutcome(
-            False,
-            {
-                "custom_id": task.custom_id,
-                "code": r.INVALID_TASK,
-                "message": f"the task no longer validates: {type(e).__name__}",
-            },
-            0,
-        )
+        return TaskOutcome(Failure(task.custom_id, o.INVALID_TASK, f"the task no longer validates: {type(e).__name__}"))
     kind = task.kind_impl
     attempts = output_attempts = 0
     retried: list[str] = []
-    prompt_tokens = completion_tokens = 0
+    usage = Usage()
     while True:
         attempts += 1
         try:
             completion = await _call(client, model, body)
             if health is not None:
                 health.in_a_row = 0
-            usage = completion.get("usage") or {}
-            prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            completion_tokens += int(usage.get("completion_tokens") or 0)
-            parsed = _check(completion, kind, data, options)
+            usage += _usage(completion)
+            parsed = await _check(completion, kind, data, options, validate)
             if parsed is not None:
                 completion["choices"][0]["message"]["parsed"] = parsed
-            record = {
-                "custom_id": task.custom_id,
-                "status_code": 200,
-                "request_id": completion.get("id", ""),
-                "body": completion,
-                "attempts": attempts,
-            }
-            return TaskOutcome(True, record, attempts, prompt_tokens, completion_tokens, retried)
+            request_id = completion.get("id")
+            return TaskOutcome(
+                Success(task.custom_id, completion, request_id if isinstance(request_id, str) else "", attempts, usage),
+                retried,
+            )
         except FatalServerError:
             raise
         except _Retry as e:
@@ -142,30 +155,50 @@ async def run_task(
                 isinstance(e, _Final)
                 or attempts >= policy.max_attempts
                 or (e.output and output_attempts >= policy.max_output_attempts)
+                or (e.after is not None and e.after > MAX_RETRY_AFTER)
             )
             if health is not None and e.refused:
                 health.in_a_row += 1
                 if health.in_a_row >= policy.unreachable_after or (give_up and health.in_a_row >= 2):
                     raise ServerUnreachableError(
-                        f"the model server at {client.base_url} stopped answering ({health.in_a_row} connections "
+                        f"the model server at {_where(client)} stopped answering ({health.in_a_row} connections "
                         "in a row were refused); stopping, and handing unfinished tasks back to the queue. "
                         "Start the server and run the worker again"
                     ) from e
-            elif health is not None and e.code not in (r.TIMEOUT, r.CONNECTION_ERROR):
+            elif health is not None and e.code not in (o.TIMEOUT, o.CONNECTION_ERROR):
                 health.in_a_row = 0
             if give_up:
-                record = {"custom_id": task.custom_id, "code": e.code, "message": e.message, "attempts": attempts}
-                if e.status is not None:
-                    record["status_code"] = e.status
-                if e.body is not None:
-                    record["body"] = e.body
-                return TaskOutcome(False, record, attempts, prompt_tokens, completion_tokens, retried)
+                return TaskOutcome(
+                    Failure(task.custom_id, e.code, e.message, attempts, e.status, e.body, usage), retried
+                )
             retried.append(e.code)
             if e.output:
                 # The same prompt at temperature 0 gives the same bad answer; sample a little instead.
                 body = {**body, "temperature": max(float(body.get("temperature") or 0), policy.retry_temperature)}
             else:
-                await asyncio.sleep(policy.delay(attempts))
+                await asyncio.sleep(e.after if e.after is not None else policy.delay(attempts))
+
+
+def _where(client: Any) -> str:
+    from jobs.redact import redact_url
+
+    return str(redact_url(str(client.base_url)))
+
+
+def _retry_after(e: openai.APIStatusError) -> float | None:
+    """The server's Retry-After in seconds (a number or an HTTP date), if it sent one."""
+    raw = e.response.headers.get("retry-after") if e.response is not None else None
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 async def _call(client: AsyncOpenAI, model: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -174,35 +207,49 @@ async def _call(client: AsyncOpenAI, model: str, body: dict[str, Any]) -> dict[s
     # Errors still arrive as the SDK's exception classes.
     try:
         resp = await client.post("/chat/completions", body={**body, "model": model}, cast_to=object)
-    except openai.APITimeoutError as e:
-        raise _Retry(r.TIMEOUT, "the server did not answer in time") from e
-    except openai.APIConnectionError as e:
-        cause = type(e.__cause__ or e).__name__
-        raise _Retry(r.CONNECTION_ERROR, f"cannot reach the server: {cause}", refused=cause == "ConnectError") from e
+    except openai.APIConnectionError as e:  # APITimeoutError included: see _connection_fault
+        raise _connection_fault(e) from e
     except openai.RateLimitError as e:
-        raise _Retry(r.RATE_LIMITED, "the server is rate limiting (429)", status=429) from e
+        raise _Retry(o.RATE_LIMITED, "the server is rate limiting (429)", status=429, after=_retry_after(e)) from e
     except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
         raise FatalServerError(
             f"the server refused the API key ({e.status_code}); set OPENAI_API_KEY to the server's key"
         ) from e
     except openai.NotFoundError as e:
         raise FatalServerError(
-            f"the server has no model {model!r} or no chat endpoint (404); check --model and --base-url"
+            f"the server has no model {model!r} or no chat endpoint (404); check --model, and that the base URL "
+            "ends in /v1"
         ) from e
     except openai.APIStatusError as e:
         if e.status_code >= 500:
-            raise _Retry(r.SERVER_ERROR, f"the server failed ({e.status_code})", status=e.status_code) from e
+            after = _retry_after(e) if e.status_code == 503 else None
+            raise _Retry(
+                o.SERVER_ERROR, f"the server failed ({e.status_code})", status=e.status_code, after=after
+            ) from e
         text = str(e.message).lower()
         if "context" in text or "too long" in text or ("maximum" in text and "token" in text):
-            raise _Final(r.CONTEXT_TOO_LONG, "the prompt does not fit the model's context", status=e.status_code) from e
+            raise _Final(o.CONTEXT_TOO_LONG, "the prompt does not fit the model's context", status=e.status_code) from e
         raise _Final(
-            r.BAD_REQUEST, f"the server rejected the request ({e.status_code}): {_safe(e)}", status=e.status_code
+            o.BAD_REQUEST, f"the server rejected the request ({e.status_code}): {_safe(e)}", status=e.status_code
         ) from e
     except openai.APIResponseValidationError as e:
-        raise _Retry(r.SERVER_ERROR, "the server's answer was not a chat completion") from e
+        raise _Retry(o.SERVER_ERROR, "the server's answer was not a chat completion") from e
+    except (ValueError, RecursionError) as e:  # a body the JSON decoder gave up on (too deep, too long a number)
+        raise _Retry(o.SERVER_ERROR, "the server's answer could not be decoded") from e
     if not _is_completion(resp):
-        raise _Retry(r.SERVER_ERROR, "the server's answer was not a chat completion")
+        raise _Retry(o.SERVER_ERROR, "the server's answer was not a chat completion")
     return cast(dict[str, Any], resp)
+
+
+def _connection_fault(e: openai.APIConnectionError) -> _Retry:
+    """A transport failure, told apart by its root cause (worker.errors.connection_fault): refused (nothing
+    listens: counts towards ServerHealth), dropped mid-answer, or a real timeout."""
+    kind = connection_fault(e)
+    if kind == "refused":
+        return _Retry(o.CONNECTION_ERROR, "cannot reach the server: connection refused", refused=True)
+    if kind == "timeout":
+        return _Retry(o.TIMEOUT, "the server did not answer in time")
+    return _Retry(o.CONNECTION_ERROR, "the server dropped the connection")
 
 
 def _is_completion(resp: Any) -> bool:
@@ -217,24 +264,40 @@ def _is_completion(resp: Any) -> bool:
     )
 
 
-def _check(completion: dict[str, Any], kind: Any, data: Any, options: Any) -> Any:
+def _usage(completion: dict[str, Any]) -> Usage:
+    """Token counts, or zeros: a server's odd usage block is not worth failing (or logging) an answer for."""
+    usage = completion.get("usage")
+    if not isinstance(usage, dict):
+        return Usage()
+    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _count(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10**12 else 0
+
+
+async def _check(completion: dict[str, Any], kind: Any, data: Any, options: Any, validate: Validate) -> Any:
     choice = completion["choices"][0]
     if choice.get("finish_reason") == "length":
         raise _Retry(
-            r.LENGTH,
+            o.LENGTH,
             'the answer was cut off at max_tokens (finish_reason "length"); raise options.max_tokens',
             output=True,
             status=200,
             body=completion,
         )
-    content = (choice.get("message") or {}).get("content")
+    content = choice["message"].get("content")
     try:
-        return kind.parse_output(content, data, options)
+        return await validate(kind, content, data, options)
     except OutputInvalid as e:
-        raise _Retry(r.INVALID_OUTPUT, str(e), output=True, status=200, body=completion) from e
+        raise _Retry(o.INVALID_OUTPUT, str(e), output=True, status=200, body=completion) from e
+    except (ValueError, TypeError, RecursionError, KeyError, AttributeError) as e:
+        raise _Retry(
+            o.INVALID_OUTPUT, f"the answer could not be checked ({type(e).__name__})", output=True, status=200
+        ) from e
 
 
 def _safe(e: openai.APIStatusError) -> str:
-    # Servers echo parts of the prompt in error messages; keep only the first words.
-    msg = str(e.message)
+    # Servers echo parts of the prompt in error messages; keep only the first words, and no control characters.
+    msg = "".join(ch if ch.isprintable() else " " for ch in str(e.message))
     return msg[:160]

@@ -25,6 +25,10 @@ class DrainReport:
     stop_reason: str = ""
     errors: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    # Per batch drained: [tasks, prompt tokens, completion tokens], to share out the GPU time (Modal).
+    batches: dict[str, list[int]] = field(default_factory=dict)
+    # The adaptive window's last changes: (seconds since the drain began, requests in flight).
+    window: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -37,6 +41,12 @@ class DrainReport:
     @property
     def output_tokens_per_second(self) -> float:
         return self.completion_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def add_batch(self, batch_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        row = self.batches.setdefault(batch_id or "", [0, 0, 0])
+        row[0] += 1
+        row[1] += prompt_tokens
+        row[2] += completion_tokens
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -4,7 +4,8 @@ Modal's Drainer (modal_worker.py), the GPU benchmark and the tests all drive vLL
 this module, so the fragile parts live in one place:
 
 * the command line: sleep mode on (`/sleep` and `/wake_up` need it, plus
-  VLLM_SERVER_DEV_MODE=1), bound to 127.0.0.1 behind a generated API key, and xgrammar
+  VLLM_SERVER_DEV_MODE=1), bound to 127.0.0.1 (no extra argument can move it) behind a
+  generated API key (passed in the environment, as VLLM_API_KEY, never in argv), and xgrammar
   structured output with `disable_any_whitespace` (without it, answers were whitespace
   until max_tokens on the H100);
 * every step has its own timeout and a clear error naming the step; a server process that
@@ -15,7 +16,16 @@ this module, so the fragile parts live in one place:
 
 The server itself is any command that takes vLLM's flags: `VLLMConfig.command` is the
 prefix, so tests run `python -m tests.fake_openai vllm-compat serve` in its place.
-Logs carry step names and timings only: never prompts, answers or the API key.
+Logs carry step names and timings only: never prompts, answers or the API key. The server's
+own log is a 0600 file in a 0700 folder.
+
+The API key and GPU snapshots: the key is made with the config, so every container restored from
+one memory snapshot shares it until the next deploy. vLLM reads its key once and cannot change it,
+and a restart would throw the snapshot away, so it is not rotated. That exposes nothing new: each
+server listens on 127.0.0.1 in its own container, which no other container can reach, and whoever
+reaches that loopback is already inside the container where the key can be read. vLLM checks the
+key on /v1/* only (/sleep, /wake_up, /metrics... are open to any local caller): the loopback bind
+is what keeps the server private. Exposing its port beyond loopback would need a per-start key.
 """
 
 from __future__ import annotations
@@ -26,33 +36,41 @@ import json
 import logging
 import os
 import secrets
-import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from jobs.errors import JobctlError
+from jobs.redact import redact_url
 from jobs.tasks import Task
 
 log = logging.getLogger("jobctl.vllm")
 
 DEFAULT_MODEL = "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8"
+# The largest decode batch captured as a CUDA graph; the drain's window is sized to the server below
+# JOBCTL_MAX_IN_FLIGHT, and decode batches past this run eagerly.
+DEFAULT_CAPTURE_SIZE = 512
 DEFAULT_COMMAND = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
 LOOPBACK = "127.0.0.1"
 ENV_PREFIX = "JOBCTL_VLLM_"
 # Enough tokens to run prefill, decode and the grammar's bitmask path; finishing answers adds nothing.
 WARMUP_MAX_TOKENS = 64
+WARMUP_MAX_BATCH = 64
 LOG_TAIL_LINES = 40
+# Flags jobctl sets itself: where the server listens and who may use it. --config is here because
+# vLLM's YAML config file can set any flag, these included.
+RESERVED_FLAGS = ("--host", "--port", "--api-key", "--config")
 
 
 class LifecycleError(JobctlError):
@@ -93,10 +111,16 @@ class VLLMConfig:
     revision: str | None = None
     served_model_name: str | None = None
     max_model_len: int | None = 8192
-    # 0.85, not vLLM's 0.9: the snapshot/restore machinery needs headroom on the GPU.
+    # 0.85, not vLLM's 0.9: the snapshot/restore machinery needs headroom on the GPU. An 8B model on an
+    # H100 still has ~50 GiB of KV cache at 0.85, room for over a thousand short tasks at once.
     gpu_memory_utilization: float = 0.85
-    # Fewer CUDA graph sizes: a smaller snapshot and a faster one-time capture.
-    max_cudagraph_capture_size: int | None = 32
+    # CUDA graphs for decode batches up to 512 (vLLM's default capture list), so the batches the drain's
+    # window fills run as graphs; 32 left every batch past 32 in eager mode (docs/BENCHMARKS.md, GPU
+    # saturation). Bigger captures cost start-up time and snapshot size: measured there too.
+    max_cudagraph_capture_size: int | None = DEFAULT_CAPTURE_SIZE
+    # Sequences per step, and tokens per step (prefill chunks of long emails share it with decodes).
+    max_num_seqs: int | None = 1024
+    max_num_batched_tokens: int | None = 16384
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
     load_format: str | None = None
@@ -124,8 +148,10 @@ class VLLMConfig:
             )
         if not self.command:
             raise LifecycleError(f"the server command is empty; set {ENV_PREFIX}COMMAND or leave it unset for vLLM")
+        _refuse_reserved(self.extra_args, f"{ENV_PREFIX}EXTRA_ARGS", self.port)
+        _refuse_reserved(self.command[1:], f"{ENV_PREFIX}COMMAND", self.port)
         if self.log_path is None:
-            self.log_path = Path(tempfile.gettempdir()) / f"jobctl-vllm-{self.port}.log"
+            self.log_path = default_log_path(self.port)
 
     @property
     def model_name(self) -> str:
@@ -133,58 +159,45 @@ class VLLMConfig:
         return self.served_model_name or self.model
 
     @classmethod
-    def from_env(cls, prefix: str = ENV_PREFIX, env: Mapping[str, str] | None = None, **overrides: Any) -> VLLMConfig:
-        """Defaults, overridden by PREFIX<FIELD> environment variables, overridden by keyword arguments.
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> VLLMConfig:
+        """Defaults, overridden by JOBCTL_VLLM_<FIELD> environment variables (read by jobs.config.VLLMSettings,
+        like every other variable), overridden by keyword arguments."""
+        from jobs.config import ConfigError, VLLMSettings
 
-        Lists (COMMAND, EXTRA_ARGS) are shell-split strings; dicts (ENV, STRUCTURED_OUTPUTS_CONFIG)
-        are JSON; "none" clears an optional setting (e.g. MAX_MODEL_LEN=none: the model's own).
-        """
-        source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = prefix + f.name.upper()
-            raw = source.get(var)
-            if f.name != "host" and raw:
-                values[f.name] = _parse(f, var, raw)
+        try:
+            values = VLLMSettings.from_env(env).given()
+        except ConfigError as e:
+            raise LifecycleError(str(e)) from e
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 
-def _bool(raw: str) -> bool:
-    low = raw.strip().lower()
-    if low not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError("not a boolean")
-    return low in ("1", "true", "yes", "on")
-
-
-def _json_object(raw: str) -> dict[str, Any]:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
-
-
-# Parsers by the start of a field's annotation (a string, under `from __future__ import annotations`).
-_PARSERS: list[tuple[str, Callable[[str], Any], str]] = [
-    ("list", shlex.split, "a shell-quoted list"),
-    ("dict", _json_object, 'a JSON object such as {"NAME": "value"}'),
-    ("bool", _bool, "true or false"),
-    ("int", int, "an integer"),
-    ("float", float, "a number"),
-    ("Path", Path, "a file path"),
-    ("str", str, "text"),
-]
-
-
-def _parse(f: Field[Any], var: str, raw: str) -> Any:
-    typ = str(f.type)
-    if typ.endswith("| None") and raw.strip().lower() in ("none", "null"):
+def _reserved_flag(token: str) -> str | None:
+    """The reserved flag `token` sets, if any: `--host x`, `--host=x`, `--api_key` (vLLM reads
+    underscores as dashes) and prefixes argparse would expand (`--ho`)."""
+    if not token.startswith("--"):
         return None
-    parse, what = next((p, w) for prefix, p, w in _PARSERS if typ.startswith(prefix))
-    try:
-        return parse(raw)
-    except ValueError as e:
-        raise LifecycleError(f"{var}={raw!r} is not {what}; fix or unset it") from e
+    name = token.split("=", 1)[0].replace("_", "-")
+    if len(name) < 4:  # "--h", "--p": ambiguous for argparse, which refuses them itself
+        return None
+    return next((flag for flag in RESERVED_FLAGS if flag.startswith(name)), None)
+
+
+def _refuse_reserved(args: list[str], var: str, port: int) -> None:
+    for token in args:
+        flag = _reserved_flag(token)
+        if flag is not None:
+            raise LifecycleError(
+                f"{var} sets {token.split('=', 1)[0]}, which jobctl sets itself: the server listens on "
+                f"{LOOPBACK}:{port} only, behind a key made per start; remove it from {var} "
+                f"(set the port with {ENV_PREFIX}PORT)"
+            )
+
+
+def default_log_path(port: int) -> Path:
+    """Where the server logs unless told: a folder of this user's in the temp folder, made 0700 at start."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"jobctl-{uid}" / f"vllm-{port}.log"
 
 
 # -- warm-up requests -----------------------------------------------------------------------
@@ -217,7 +230,9 @@ def warmup_requests(model: str, style: str = "json_schema") -> list[dict[str, An
 
 def warmup_levels(config: VLLMConfig) -> list[int]:
     """How many requests to send at once in each warm-up round: 1, then batches up to the CUDA graph sizes."""
-    top = config.max_cudagraph_capture_size or 64
+    # vLLM captures its CUDA graphs when it starts; warm-up only has to run each path once (prefill, decode,
+    # the grammars) at a few batch sizes, so it stops at 64 whatever the capture size.
+    top = min(config.max_cudagraph_capture_size or 64, WARMUP_MAX_BATCH)
     if config.enforce_eager:
         top = min(top, 4)  # no graphs to capture; only the grammar paths need a first run
     return sorted({n for n in (1, 4, 16, top) if n <= top})
@@ -299,7 +314,8 @@ class VLLMServer:
         return self._attached or (self._proc is not None and self._proc.poll() is None)
 
     def argv(self) -> list[str]:
-        """The full command line. It holds the API key: never log it."""
+        """The full command line. The API key is not on it (see process_env): argv is public to every
+        user of the machine (`ps`, /proc/PID/cmdline), a process's environment only to its owner."""
         c = self.config
         args = [*c.command, "--model", c.model]
         if c.revision:
@@ -311,6 +327,10 @@ class VLLMServer:
         args += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
         if c.max_cudagraph_capture_size and not c.enforce_eager:
             args += ["--max-cudagraph-capture-size", str(c.max_cudagraph_capture_size)]
+        if c.max_num_seqs:
+            args += ["--max-num-seqs", str(c.max_num_seqs)]
+        if c.max_num_batched_tokens:
+            args += ["--max-num-batched-tokens", str(c.max_num_batched_tokens)]
         args += ["--tensor-parallel-size", str(c.tensor_parallel_size)]
         if c.enforce_eager:
             args.append("--enforce-eager")
@@ -318,7 +338,7 @@ class VLLMServer:
             args += ["--load-format", c.load_format]
         if c.structured_outputs_config:
             args += ["--structured-outputs-config", json.dumps(c.structured_outputs_config)]
-        args += ["--enable-sleep-mode", "--host", c.host, "--port", str(c.port), "--api-key", self._api_key]
+        args += ["--enable-sleep-mode", "--host", c.host, "--port", str(c.port)]
         return args + list(c.extra_args)
 
     def process_env(self) -> dict[str, str]:
@@ -327,6 +347,12 @@ class VLLMServer:
         # multi-threaded inductor compilation leaves state that does not survive a GPU snapshot.
         env["VLLM_SERVER_DEV_MODE"] = "1"
         env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+        # vLLM takes its key from VLLM_API_KEY when --api-key is absent (and --api-key is refused in
+        # extra args), so the key set here is the one the server checks.
+        if self._api_key:
+            env["VLLM_API_KEY"] = self._api_key
+        else:
+            env.pop("VLLM_API_KEY", None)
         return env
 
     def log_hint(self) -> str:
@@ -359,9 +385,7 @@ class VLLMServer:
                 f"port {c.port} on {c.host} is already in use, so vLLM could not bind to it (and the other "
                 f"server's /health would pass for ours); set {ENV_PREFIX}PORT to a free port"
             )
-        assert c.log_path is not None
-        c.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(c.log_path, "ab")
+        self._log_file = self._open_log()
         try:
             # A session of its own, so stop() can end vLLM's engine processes with it.
             self._proc = subprocess.Popen(
@@ -599,15 +623,58 @@ class VLLMServer:
                 raise deadline.expired() from e
             reason = getattr(e, "reason", None) or e
             raise LifecycleError(
-                f"vLLM step {step!r}: cannot reach the server at {self._root} "
+                f"vLLM step {step!r}: cannot reach the server at {redact_url(self._root)} "
                 f"({type(reason).__name__}); see {self.log_hint()}"
             ) from e
+
+    def _open_log(self) -> IO[bytes]:
+        """The log file, 0600, appended to; never through a symlink. The default one lives in a
+        0700 folder of this user's; if someone else made that folder first, a fresh one is used."""
+        c = self.config
+        assert c.log_path is not None
+        if c.log_path == default_log_path(c.port) and not _private_folder(c.log_path.parent):
+            c.log_path = Path(tempfile.mkdtemp(prefix="jobctl-vllm-")) / c.log_path.name
+        try:
+            c.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(c.log_path, flags, 0o600)
+        except OSError as e:
+            if os.path.islink(c.log_path):
+                raise LifecycleError(
+                    f"the server log path {c.log_path} is a symlink, which jobctl does not follow; remove it "
+                    f"or set {ENV_PREFIX}LOG_PATH to another file"
+                ) from e
+            raise LifecycleError(
+                f"cannot open the server log {c.log_path} ({e.strerror}); set {ENV_PREFIX}LOG_PATH to a writable file"
+            ) from e
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LifecycleError(
+                    f"the server log path {c.log_path} is not a regular file; set {ENV_PREFIX}LOG_PATH"
+                )
+            os.fchmod(fd, 0o600)  # a log left by an earlier run may have been readable by others
+        except BaseException:
+            os.close(fd)
+            raise
+        return os.fdopen(fd, "ab")
 
     def _close_log(self) -> None:
         if self._log_file is not None:
             with contextlib.suppress(OSError):
                 self._log_file.close()
             self._log_file = None
+
+
+def _private_folder(folder: Path) -> bool:
+    """Whether `folder` is (or has just been made) a real folder of this user's that no one else can use."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    owner = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == owner and not st.st_mode & 0o077
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any, ClassVar
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict
+from referencing.exceptions import Unresolvable
 
 from jobs.errors import JobctlError
+from jobs.kinds.schema_safety import UnsafeSchema, safe_validator
 
 
 class OutputInvalid(JobctlError):
@@ -122,23 +126,63 @@ def _drop_long_limits(node: Any) -> Any:
 _GRAMMAR_SAFE: dict[int, tuple[Any, Any]] = {}
 
 
-def parse_json_output(content: str | None, schema: dict[str, Any]) -> Any:
+# Far above any answer max_tokens allows (131,072 tokens of a few characters each), and a bound on
+# the work one answer can cost: decoding and validating are linear in its size.
+MAX_ANSWER_CHARS = 4_000_000
+
+
+def parse_json_output(content: Any, schema: dict[str, Any]) -> Any:
+    """The answer decoded and checked against the schema; OutputInvalid for anything else.
+
+    Never raises anything but OutputInvalid, whatever the answer: a content list, 100k nested
+    brackets (RecursionError), a 5,000-digit integer (ValueError), megabytes of text.
+    """
     if not content:
         raise OutputInvalid("the answer was empty")
+    if not isinstance(content, str):
+        raise OutputInvalid(f"the answer's content is a JSON {_json_type(content)}, not text")
+    if len(content) > MAX_ANSWER_CHARS:
+        raise OutputInvalid(f"the answer is {len(content)} characters long; at most {MAX_ANSWER_CHARS} are checked")
     try:
         value = json.loads(content)
     except json.JSONDecodeError as e:
         raise OutputInvalid(f"the answer is not valid JSON ({e.msg} at char {e.pos})") from e
+    except RecursionError as e:
+        raise OutputInvalid("the answer's JSON is nested too deeply to decode") from e
+    except ValueError as e:  # integers past Python's 4,300-digit conversion limit
+        raise OutputInvalid("the answer's JSON holds a number too long to decode") from e
     validator = _validator(schema)
-    if validator.is_valid(value):
-        return value
-    errors = sorted(validator.iter_errors(value), key=lambda err: list(err.path))
+    try:
+        if validator.is_valid(value):
+            return value
+        errors = sorted(validator.iter_errors(value), key=lambda err: list(err.path))
+    except RecursionError as e:
+        raise OutputInvalid("the answer is nested too deeply to check against the schema") from e
+    except Unresolvable as e:
+        # Tasks queued before submit checked references: the registry refused, nothing was fetched.
+        raise OutputInvalid(
+            "the task's schema has a reference that cannot be resolved inside it (only local #... references "
+            "are followed); fix the schema and submit again"
+        ) from e
+    except UnsafeSchema as e:
+        raise _unsafe(e) from e
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
         # The validator's message quotes the value; keep it out, since answers are private.
         raise OutputInvalid(f"the answer does not meet the schema at {where}: {err.validator} {err.validator_value!r}")
     return value
+
+
+def _unsafe(e: UnsafeSchema) -> OutputInvalid:
+    # The place only: the reason can quote part of the schema, which is the user's own content.
+    return OutputInvalid(
+        f"the task's schema cannot be run safely (at {e.where or '(root)'}); submit it again to see why"
+    )
+
+
+def _json_type(v: Any) -> str:
+    return {list: "array", dict: "object", bool: "boolean", int: "number", float: "number"}.get(type(v), "value")
 
 
 _VALIDATORS: dict[int, tuple[dict[str, Any], Any]] = {}
@@ -157,9 +201,51 @@ def _validator(schema: dict[str, Any]) -> Any:
         if len(_VALIDATORS_BY_TEXT) > 512:
             _VALIDATORS_BY_TEXT.clear()
             _VALIDATORS.clear()
-        v = _VALIDATORS_BY_TEXT[key] = jsonschema.Draft202012Validator(schema)
+        try:
+            # Checked again here, not only at submit: tasks queued by older versions were not.
+            v = safe_validator(schema)
+        except UnsafeSchema as e:
+            raise _unsafe(e) from e
+        _VALIDATORS_BY_TEXT[key] = v
     _VALIDATORS[id(schema)] = (schema, v)
     return v
+
+
+# Validation runs on its own threads: a slow one never holds the drain's event loop (or its signal
+# handling), and never queues behind the default executor's other work. One pool per process: a
+# pool inherited through fork() believes in threads the child does not have, and would never run.
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _validation_pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (
+            os.getpid(),
+            ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="jobctl-validate"),
+        )
+    return _POOL[1]
+
+
+async def validate_in_thread(content: Any, schema: dict[str, Any] | None, timeout: float) -> Any:
+    """parse_json_output off the event loop, within `timeout` seconds (else OutputInvalid).
+
+    None for a free-text task (no schema). A validation that runs late is abandoned, not killed
+    (a thread cannot be); RE2 and MAX_ANSWER_CHARS keep each one bounded.
+    """
+    if schema is None:
+        return None
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(_validation_pool(), _parse_in_thread, content, schema)
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    except TimeoutError as e:
+        raise OutputInvalid(f"checking the answer against the schema ran past its {timeout:g}s time limit") from e
+
+
+def _parse_in_thread(content: Any, schema: dict[str, Any]) -> Any:
+    # Looked up at call time, so tests can stand in a slow parser.
+    return parse_json_output(content, schema)
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:

@@ -12,20 +12,55 @@ from jobs.kinds.base import Kind, Strict
 DEFAULT_CATEGORIES = ["personal", "work", "finance", "shopping", "newsletter", "travel", "spam", "other"]
 
 
+class Attachment(Strict):
+    """An attachment as the model sees it: never its content."""
+
+    name: str | None = Field(default=None, max_length=300)
+    type: str = Field(default="application/octet-stream", max_length=200)
+    size: int = Field(default=0, ge=0)
+
+    def as_text(self) -> str:
+        return f"{self.name or '(unnamed)'} ({self.type}, {_size(self.size)})"
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} bytes"
+    if n < 1_000_000:
+        return f"{n / 1000:.0f} KB"
+    return f"{n / 1_000_000:.1f} MB"
+
+
 class Email(Strict):
     from_: str = Field(alias="from", min_length=1, max_length=500)
     to: str | None = Field(default=None, max_length=2000)
+    cc: str | None = Field(default=None, max_length=2000)
     subject: str = Field(default="", max_length=2000)
     date: str | None = Field(default=None, max_length=100)
     body: str = Field(max_length=200_000)
+    # Imported mail keeps its thread ids (for joining answers back to a mailbox); the model gets
+    # neither, only whether the message is a reply.
+    message_id: str | None = Field(default=None, max_length=1000)
+    in_reply_to: str | None = Field(default=None, max_length=1000)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=100)
+    # The body was cut to fit the model's context (the body itself ends with a note saying so).
+    truncated: bool = False
 
     def as_text(self) -> str:
         head = [f"From: {self.from_}"]
         if self.to:
             head.append(f"To: {self.to}")
+        if self.cc:
+            head.append(f"Cc: {self.cc}")
         if self.date:
             head.append(f"Date: {self.date}")
         head.append(f"Subject: {self.subject}")
+        if self.in_reply_to:
+            head.append("(A reply to an earlier message in the thread.)")
+        if self.attachments:
+            head.append("Attachments: " + "; ".join(a.as_text() for a in self.attachments))
+        if self.truncated:
+            head.append("(The body is long and was cut; only its beginning is shown.)")
         return "\n".join(head) + "\n\n" + self.body
 
 

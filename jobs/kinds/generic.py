@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.kinds.base import Kind, Strict, parse_json_output, response_format
 from jobs.kinds.email import Common
+from jobs.kinds.schema_safety import UnsafeSchema, check_safe
 
 # Fields of a chat body that would break a batch drain or leak elsewhere.
 FORBIDDEN_CHAT_FIELDS = ("stream", "n", "tools", "functions")
@@ -46,18 +47,29 @@ class ChatBody(BaseModel):
             schema = spec.get("schema")
             if not isinstance(schema, dict):
                 raise ValueError("json_schema.schema must be an object")
-            check_schema(schema)
+            check_schema(schema, "json_schema.schema")
         return v
 
 
-def check_schema(schema: dict[str, Any]) -> None:
+def check_schema(schema: dict[str, Any], field: str = "") -> None:
+    """Refuse, with its place, a schema that is invalid or that a worker must not run (see schema_safety).
+    `field` is where the schema sits in the task's input, for chat's nested json_schema.schema."""
+    try:
+        check_safe(schema)
+    except UnsafeSchema as e:
+        raise ValueError(f"not a safe JSON schema at {_place(field, e.where)}: {e.reason}") from e
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
-        where = "/".join(str(p) for p in e.path) or "(root)"
-        raise ValueError(f"not a valid JSON schema at {where}: {e.message}") from e
+        where = "/".join(str(p) for p in e.path)
+        raise ValueError(f"not a valid JSON schema at {_place(field, where)}: {e.message}") from e
     if schema.get("type") not in (None, "object"):
         raise ValueError('the schema\'s top level must be an object ("type": "object")')
+
+
+def _place(field: str, where: str) -> str:
+    where = "" if where == "(root)" else where
+    return "/".join(p for p in (field, where) if p) or "(root)"
 
 
 class Chat(Kind):

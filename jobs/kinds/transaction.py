@@ -10,6 +10,28 @@ from pydantic import Field, create_model
 from jobs.kinds.base import Kind, Strict
 from jobs.kinds.email import Common
 
+# Used when a categorize task names no categories of its own (imported bank rows, usually).
+DEFAULT_CATEGORIES = [
+    "groceries",
+    "restaurants",
+    "transport",
+    "housing",
+    "utilities",
+    "insurance",
+    "health",
+    "shopping",
+    "entertainment",
+    "subscriptions",
+    "travel",
+    "education",
+    "income",
+    "transfers",
+    "cash",
+    "fees",
+    "taxes",
+    "other",
+]
+
 
 class Transaction(Strict):
     date: str = Field(min_length=1, max_length=40)
@@ -19,6 +41,11 @@ class Transaction(Strict):
     currency: str = Field(default="USD", min_length=1, max_length=10)
     account: str | None = Field(default=None, max_length=200)
     merchant: str | None = Field(default=None, max_length=300)
+    # The bank's own id of the transaction (OFX FITID), kept for joining answers back; not shown
+    # to the model.
+    id: str | None = Field(default=None, max_length=255)
+    # The account balance after this transaction, where the export gives it.
+    balance: float | None = None
 
     def as_text(self) -> str:
         parts = [self.date, self.description, f"{self.amount:.2f} {self.currency}"]
@@ -30,7 +57,7 @@ class Transaction(Strict):
 
 
 class CategorizeOptions(Common):
-    categories: list[str] = Field(min_length=1, max_length=200)
+    categories: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES), min_length=1, max_length=200)
     rules: str | None = Field(default=None, max_length=4000)
 
 

@@ -1,0 +1,134 @@
+"""RQ's formats, written and read in one place: the job hash and its `data` blob, result stream
+entries, and RQ's timestamps. Built with RQ's own classes wherever RQ offers them, so a layout
+change in RQ shows up here (and in tests/test_rq_contract.py), not as silent corruption.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import utcformat
+
+# The dotted path every jobctl job names; `rq worker -w worker.rq_worker.TaskWorker` runs it.
+TASK_FUNC = "worker.rq_worker.perform_task"
+# How often RQ's own cleanup (and jobctl's sweep) may put back a task whose worker stopped
+# heart-beating before the task fails as abandoned. RQ reads this as the job's retries_left.
+MAX_ABANDONS = 3
+JOB_TIMEOUT = 900
+SERIALIZER = JSONSerializer
+
+
+def iso(ts: float) -> str:
+    """A Unix time in RQ's timestamp format."""
+    return utcformat(datetime.fromtimestamp(ts, tz=UTC))
+
+
+def encode_data(token: str) -> bytes:
+    """The job's `data` field: RQ's JSON serializer over (func, instance, args, kwargs), compressed as RQ stores it."""
+    return zlib.compress(json.dumps([TASK_FUNC, None, [token], {}]).encode())
+
+
+def decode_data(data: bytes) -> str:
+    """The sealed payload inside a job's `data` field. Raises ValueError for anything jobctl did not write."""
+    try:
+        raw = zlib.decompress(data)
+    except zlib.error:
+        raw = data
+    try:
+        func, _inst, args, kwargs = json.loads(raw)
+    except (ValueError, TypeError) as e:
+        raise ValueError("the job's data is not a jobctl task") from e
+    if func != TASK_FUNC or not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], str) or kwargs:
+        raise ValueError("the job's data is not a jobctl task")
+    return args[0]
+
+
+def job_template(conn: redis.Redis, queue_name: str, result_ttl: int, batch_id: str) -> dict[str, Any]:
+    """The job hash RQ itself would write for a queued task (built by RQ once per submit), less the per-task
+    fields. RQ's enqueue_many costs ~100 us a job in Python; writing these fields in pipelines is what lets
+    a 10,000-task file go in within a couple of seconds."""
+    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
+    job = queue.create_job(
+        TASK_FUNC,
+        args=[""],
+        job_id="template",
+        result_ttl=result_ttl,
+        failure_ttl=result_ttl,
+        timeout=JOB_TIMEOUT,
+        description="jobctl task",
+        status=JobStatus.CREATED,
+        retry=Retry(max=MAX_ABANDONS),
+    )
+    job.origin = queue_name
+    # Empty fields are left out: RQ reads a missing field as empty, and each one costs at this volume.
+    mapping = {k: v for k, v in job.to_dict().items() if v != ""}
+    mapping.pop("data", None)
+    mapping["status"] = JobStatus.CREATED.value
+    return mapping
+
+
+def result_fields(
+    jid: str,
+    ok: bool,
+    sealed: str,
+    worker_name: str,
+    execution_id: str | None,
+    started: float | None,
+    ended: float,
+) -> list[Any]:
+    """A results-stream entry exactly as RQ's Result.save writes it, flattened for a Lua XADD."""
+    res = Result(
+        jid,
+        Result.Type.SUCCESSFUL if ok else Result.Type.FAILED,
+        None,  # type: ignore[arg-type]  # serialize() never touches the connection
+        return_value=sealed if ok else None,
+        exc_string=None if ok else sealed,
+        worker_name=worker_name,
+        serializer=SERIALIZER,
+        execution_id=execution_id,
+        execution_started_at=datetime.fromtimestamp(started, tz=UTC) if started else None,
+        execution_ended_at=datetime.fromtimestamp(ended, tz=UTC),
+    )
+    flat: list[Any] = []
+    for k, v in res.serialize().items():
+        flat += [k, v]
+    return flat
+
+
+def restore_result(jid: str, entry_id: bytes, payload: dict[bytes, bytes]) -> Result:
+    """One results-stream entry as RQ's Result (JSON serializer)."""
+    return Result.restore(jid, entry_id.decode(), payload, connection=None, serializer=SERIALIZER)  # type: ignore[arg-type]
+
+
+# Job hash fields jobctl never writes; a job that has one was not enqueued by jobctl, and RQ would act
+# on them (import and call a callback, post a webhook, enqueue dependents, repeat).
+FOREIGN_FIELDS = (
+    "success_callback_name",
+    "failure_callback_name",
+    "stopped_callback_name",
+    "webhooks",
+    "dependency_ids",
+    "dependency_id",
+    "repeats_left",
+)
+
+
+def foreign_job_problem(conn: redis.Redis, jid: str, data: bytes) -> str | None:
+    """Why a job is not one jobctl wrote (None if it is), read from the raw hash: nothing is deserialized."""
+    try:
+        decode_data(data)
+    except ValueError:
+        return "it is not a jobctl task (it names another function, or its data is not jobctl's)"
+    from jobs.store import keys
+
+    if any(v for v in conn.hmget(keys.job(jid), *FOREIGN_FIELDS)):
+        return "it carries callbacks, webhooks, dependencies or repeats, which jobctl never sets"
+    return None

