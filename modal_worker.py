@@ -57,7 +57,7 @@ from jobs.connection import connect
 from jobs.errors import JobctlError
 from jobs.store import queues as store_queues
 from worker.drain import run_drain
-from worker.vllm_lifecycle import LifecycleError, ServerCrashedError, VLLMConfig, VLLMServer
+from worker.vllm_lifecycle import DEFAULT_CAPTURE_SIZE, LifecycleError, ServerCrashedError, VLLMConfig, VLLMServer
 
 log = logging.getLogger("jobctl.modal")
 
@@ -73,12 +73,12 @@ SOURCES = ("jobs", "worker", "producer")
 # from other workers on the queue and matches them to the calls it started.
 DRAINER_PREFIX = store_queues.DRAINER_PREFIX + "modal-"
 
-# The largest batch CUDA graphs are captured for, unless JOBCTL_VLLM_MAX_CUDAGRAPH_CAPTURE_SIZE says. A batch
-# is what vLLM runs at once: at most the drain's requests in flight (JOBCTL_MODAL_CONCURRENCY; its window
-# adapts below that) and at most JOBCTL_VLLM_MAX_NUM_SEQS when set. Batches past the largest graph run eager.
-# None: cover the drain's max in flight. The GPU issue (#12) measures capture time, snapshot size and the gain
-# per size; it sets a number here if a smaller capture serves as well.
-CUDAGRAPH_CAPTURE_SIZE: int | None = None
+# The largest batch CUDA graphs are captured for, unless JOBCTL_VLLM_MAX_CUDAGRAPH_CAPTURE_SIZE says: the
+# lifecycle's default, so Modal and `jobctl worker` against a local vLLM run the same server. Measured on the
+# H100 (docs/BENCHMARKS.md, section 4): from 32 to 512, capture costs 1 -> 8 s and 0.15 -> 0.98 GiB, and
+# the drain at up to 1,024 in flight reached the offline engine's throughput with 512. Batches past it run
+# eager (at most JOBCTL_VLLM_MAX_NUM_SEQS).
+CUDAGRAPH_CAPTURE_SIZE: int | None = DEFAULT_CAPTURE_SIZE
 
 # The knobs that travel from the deploying shell into the containers: an allow-list, not a prefix. Local-only
 # vLLM settings (its command, port, log file) stay out.
@@ -101,7 +101,7 @@ def capture_size(cfg: ModalSettings, vllm: VLLMSettings) -> int | None:
         return vllm.max_cudagraph_capture_size
     if vllm.enforce_eager:
         return None
-    top = CUDAGRAPH_CAPTURE_SIZE or cfg.concurrency
+    top = min(CUDAGRAPH_CAPTURE_SIZE, cfg.concurrency) if CUDAGRAPH_CAPTURE_SIZE else cfg.concurrency
     return min(top, vllm.max_num_seqs) if vllm.max_num_seqs else top
 
 

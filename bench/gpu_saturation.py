@@ -24,7 +24,8 @@ Estimates for the 8B dummy model (the budget uses them to skip what would not fi
   4 ~160 s: cold start (capture 32 and vLLM's serve default of 8,192 batched tokens are a new compile).
 With --budget-s 460 (a 600 s call: install, the budget, and up to ~30 s for the last server to stop)
 step 4 fits only when 1-3 ran faster than estimated; otherwise it is skipped, and says so. Run it in
-the next call on the same warm machine (run 4 below), with --merge of the first call's JSON.
+the next call on the same warm machine (run 4 below), with --merge of the first call's JSON. On the
+H100 (2026-11-27) run 3 ran 1 and 2 and skipped 3 and 4; run 4 ran 4, 3 and capture 256, run 5 the rest.
 Results are written after every step (and each step's failure is recorded, then the next runs), so
 a run cut short still reports what it measured.
 
@@ -32,8 +33,9 @@ The capture sweep (`--steps capture_sweep` or `--capture-sweep`, issue item 3): 
 --capture-sizes value, a server on the tuned settings with that max_cudagraph_capture_size:
 cold start to ready (and vLLM's own compile, graph-capture and KV figures from its log), warm-up,
 GPU memory before sleep (the state a snapshot takes) and after sleep level 1, sleep time, wake_up,
-wake to the first drained result, then jobs/s of a 1,000-task drain. Steps 1 and 4 record the same
-for capture 512 and 32, so the sweep adds 256, 128, 64 (~150 s each: each is a new compile).
+wake to the first drained result, then jobs/s of a 1,000-task drain, both at --default-window. Steps 1
+and 4 record the same for capture 512 (VLLMConfig's default), so the sweep adds 256, 128, 64 and 32 (the
+old production setting), ~150 s each: each is a new compile.
 `capture_costs` in the JSON lists every served engine's figures, smallest capture size first.
 
 Device commands (../shared/gpu/README.md; back to back: the machine is given back ~30 s after a call):
@@ -45,6 +47,7 @@ Device commands (../shared/gpu/README.md; back to back: the machine is given bac
   run 2:  carry [".gpu/c2"], timeout_s 300:  bash .gpu/c2/device-install.sh stage .gpu/c2
   run 3:  carry [".gpu/c3", ".gpu/c4"], timeout_s 600:
           source .gpu/c3/device-install.sh install && bash .gpu/c3/dummy-model.sh /tmp/m8b 8b && \\
+          (never `source ... | tee`: a pipeline runs it in a subshell and its exports are lost)
           python3 -m bench.gpu_saturation --model /tmp/m8b --load-format dummy --budget-s 460 \\
               --out $OUT/gpu-saturation.json
   then here: copy run 3's gpu-saturation.json to docs/runs/gpu-saturation.json (it travels with run 4)
@@ -52,7 +55,7 @@ Device commands (../shared/gpu/README.md; back to back: the machine is given bac
           export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH VLLM_USE_FLASHINFER_SAMPLER=0 \\
               HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1 && \\
           python3 -m bench.gpu_saturation --model /tmp/m8b --load-format dummy --budget-s 500 \\
-              --steps default_server,capture_sweep --merge docs/runs/gpu-saturation.json \\
+              --steps default_server,run_batch,capture_sweep --merge docs/runs/gpu-saturation.json \\
               --out $OUT/gpu-saturation.json
 Dry run here (the fake server in vllm-compat mode; offline and run-batch skipped without vllm):
   .venv/bin/python -m bench.gpu_saturation --fake --tasks 600 --long-tasks 40 --best-max-num-seqs 128 \\
@@ -495,7 +498,8 @@ class Bench:
                     window = self.best_window(name)
                 self.drain_pass(srv, name, mix, window)
             if lifecycle:
-                self.snapshot_path(srv, rec, self.best_window(name) if passes else "adaptive", sweep)
+                # The sweep's servers drain at the default window, so their rows compare with the default server's.
+                self.snapshot_path(srv, rec, self.best_window(name) if passes else self.a.default_window, sweep)
         except Exception as e:
             rec["error"] = f"{type(e).__name__}: {e}"[:2000]
             traceback.print_exc()
@@ -542,6 +546,7 @@ class Bench:
         memory after, wake_up and the first drained result after it; in the sweep, then a drain."""
         if not self.budget.fits("sleep/wake", 30 + (self.a.sweep_tasks / self.rates["triage"] if sweep else 0)):
             return
+        rec["wake_window"] = window
         rec["gpu_mib_before_sleep"] = gpu_memory_mib()
         t = time.perf_counter()
         srv.sleep(level=1)
@@ -569,9 +574,7 @@ class Bench:
         if sweep and self.a.sweep_tasks:  # throughput at this capture size
             self.jobctl.submit(self.triage[: self.a.sweep_tasks])
             reset_prefix_cache(srv)
-            rep = self.jobctl.drain(
-                srv.base_url, srv.api_key, srv.model_name, "adaptive", max(10, self.budget.left() - 15)
-            )
+            rep = self.jobctl.drain(srv.base_url, srv.api_key, srv.model_name, window, max(10, self.budget.left() - 15))
             rec["after_wake_jobs_per_s"] = rep["jobs_per_second"]
             rec["after_wake_out_tok_per_s"] = rep["output_tokens_per_second"]
 
@@ -649,6 +652,7 @@ COST_KEYS = (
     "gpu_mib_after_sleep",
     "wake_up_s",
     "wake_to_first_result_s",
+    "wake_window",
     "after_wake_jobs_per_s",
 )
 

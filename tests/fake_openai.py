@@ -48,6 +48,7 @@ __all__ = ["FakeOpenAI", "Fault", "FaultPlan", "Raw", "Reply", "Stats", "instanc
 class Fault(StrEnum):
     HTTP_500 = "500"
     HTTP_429 = "429"
+    HTTP_503 = "503"
     CLOSE = "close"
     HANG = "hang"
     INVALID_JSON = "invalid_json"
@@ -319,6 +320,8 @@ class FakeOpenAI:
         self.owned_by = "fake"
         self.faults = faults or FaultPlan()
         self.latency, self.startup_delay = latency, startup_delay
+        # What 429 and 503 answers send as Retry-After (seconds, or an HTTP date).
+        self.retry_after = "0"
         self.sleep_delay, self.wake_delay = sleep_delay, wake_delay
         self.sleeping = False
         self.calls: list[tuple[str, str]] = []
@@ -574,7 +577,9 @@ class FakeOpenAI:
         if item is Fault.HTTP_500:
             return _error(500, "injected internal error", "internal_error")
         if item is Fault.HTTP_429:
-            return _error(429, "injected rate limit", "rate_limit_exceeded", "retry-after: 0\r\n")
+            return _error(429, "injected rate limit", "rate_limit_exceeded", f"retry-after: {self.retry_after}\r\n")
+        if item is Fault.HTTP_503:
+            return _error(503, "injected overload", "overloaded", f"retry-after: {self.retry_after}\r\n")
         if item is Fault.INVALID_JSON:
             return self._completion(req, '{"not valid json', "stop")
         if item is Fault.LENGTH:

@@ -345,3 +345,27 @@ def test_dead_server_from_cli_exits_nonzero_and_hands_back(client, conn, setting
     st = client.status(sub.batch_id)
     assert st.counts.get("failed", 0) == 0 and st.counts.get("running", 0) == 0
     assert conn.zcard(keys.started(settings.queue)) == 0
+
+
+@pytest.mark.parametrize("fault", [Fault.HTTP_429, Fault.HTTP_503])
+def test_retry_after_is_honoured(client, conn, drain, fake, fault):
+    """A server that says when to come back is not asked again sooner (our backoff here is ~10 ms)."""
+    fake.retry_after = "1.5"
+    fake.script(fault)
+    sub = client.submit([triage_task(1)])
+    t0 = time.monotonic()
+    report = drain(concurrency=1)
+    waited = time.monotonic() - t0
+    assert (report.done, report.retries) == (1, 1)
+    assert waited >= 1.4, f"asked again after {waited:.2f}s"
+    assert [o.ok for o in client.results(sub.batch_id)] == [True]
+
+
+def test_a_retry_after_past_the_limit_fails_the_task_instead_of_waiting(client, conn, drain, fake):
+    fake.retry_after = "3600"
+    fake.script(Fault.HTTP_429)
+    sub = client.submit([triage_task(1)])
+    report = drain(concurrency=1)
+    assert (report.done, report.failed) == (0, 1)
+    [out] = list(client.results(sub.batch_id))
+    assert out.error is not None and out.error["code"] == "rate_limited"

@@ -185,8 +185,9 @@ def test_the_secret_names_its_required_keys():
 def test_deploy_knobs_and_the_capture_size():
     knobs = modal_worker.deploy_knobs({})
     assert set(knobs) == set(modal_worker.KNOBS)
-    # CUDA graphs cover the drain's batches: up to its requests in flight...
-    assert knobs["JOBCTL_VLLM_MAX_CUDAGRAPH_CAPTURE_SIZE"] == str(ModalSettings.from_env({}).concurrency)
+    # CUDA graphs up to the lifecycle's default (the same server as a local vLLM), at most the drain's in flight...
+    default = min(modal_worker.CUDAGRAPH_CAPTURE_SIZE or 10**9, ModalSettings.from_env({}).concurrency)
+    assert knobs["JOBCTL_VLLM_MAX_CUDAGRAPH_CAPTURE_SIZE"] == str(default) == "512"
     assert (
         modal_worker.deploy_knobs({"JOBCTL_MODAL_CONCURRENCY": "256"})["JOBCTL_VLLM_MAX_CUDAGRAPH_CAPTURE_SIZE"]
         == "256"

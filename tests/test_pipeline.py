@@ -142,3 +142,26 @@ def test_structured_output_style_is_asked_of_the_server(client, drain, fake, own
     report = drain(style="auto")
     assert report.done == 1 and f"structured output: {style} (detected)" in report.notes
     assert fake.stats.prompts_seen[-1]["response_format"]["type"] == style
+
+
+def test_one_worker_drains_several_queues_fairly(settings, conn, fake, drain):
+    """`jobctl worker -q a -q b`: claims are shared among the queues, so neither waits for the other."""
+    from rq.utils import utcparse
+
+    from jobs.store import keys
+    from producer.client import Client
+
+    a = Client(settings.with_(queue="qa-" + settings.queue), connection=conn)
+    b = Client(settings.with_(queue="qb-" + settings.queue), connection=conn)
+    sa = a.submit([triage_task(i) for i in range(40)])
+    sb = b.submit([triage_task(i) for i in range(40)])
+    fake.latency = 0.02
+    report = drain(queues=[a.settings.queue, b.settings.queue], concurrency=4)
+    assert report.done == 80
+    assert a.status(sa.batch_id).counts["completed"] == 40 and b.status(sb.batch_id).counts["completed"] == 40
+    ended = []
+    for name, client, sub in (("a", a, sa), ("b", b, sb)):
+        for m in client.batch(sub.batch_id).members():
+            ended.append((utcparse(conn.hget(keys.job(m.job_id), "ended_at").decode()), name))
+    first = [name for _, name in sorted(ended)[:20]]
+    assert first.count("a") >= 5 and first.count("b") >= 5, first

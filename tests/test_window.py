@@ -121,6 +121,20 @@ def test_waiting_requests_shrink_the_window_after_patience() -> None:
     assert 100 <= ctl.target <= 100 + 2 * ctl.buffer(100)
 
 
+def test_an_oversized_start_settles_near_capacity_instead_of_collapsing() -> None:
+    """On the H100 a window that started at 2,048 sent 2,000 requests, then shrank to 8 while they waited."""
+    ctl = WindowController(initial=2048, max_window=2048)
+    in_flight, capacity, finished_per_step = 2000, 1024, 150
+    targets = []
+    for _ in range(60):
+        running, waiting = min(in_flight, capacity), max(0, in_flight - capacity)
+        targets.append(ctl.update(ServerSample(running=running, waiting=waiting), in_flight=in_flight))
+        in_flight = max(in_flight - finished_per_step, 0)
+        in_flight = max(in_flight, min(targets[-1], 2000))  # the drain tops up to its window, never above
+    assert min(targets) >= capacity // 2, targets  # it never starves the server on the way down
+    assert capacity <= ctl.target <= capacity + 2 * ctl.buffer(capacity), ctl.target
+
+
 def test_a_few_waiting_is_the_goal_and_holds_the_window() -> None:
     ctl = WindowController(initial=110)
     for _ in range(5):

@@ -33,6 +33,7 @@ from openai import AsyncOpenAI
 
 from jobs import outcomes as o
 from jobs.config import Settings
+from jobs.connection import RedisUnavailableError
 from jobs.crypto import Cipher, CryptoError, DecryptError
 from jobs.errors import JobctlError
 from jobs.kinds.base import OutputInvalid
@@ -50,10 +51,6 @@ log = logging.getLogger("jobctl.worker")
 # with a time limit, so no answer can stall the drain or its signal handling.
 USER_SCHEMA_KINDS = ("extract", "chat")
 VALIDATION_TIMEOUT = 10.0
-
-
-class RedisUnavailableError(JobctlError):
-    """Redis stayed unreachable past the drain's patience; unfinished tasks return by their leases."""
 
 
 class WrongKeyError(CryptoError):
@@ -247,9 +244,9 @@ class Drainer:
         for i, wq in enumerate(order):
             share = -(-free // (n - i))
             claimed = wq.claim(share)
-            for n, cl in enumerate(claimed):
+            for k, cl in enumerate(claimed):
                 if not self._accept(wq, cl):
-                    wq.release(claimed[n:])  # none of these was started: back to the queue as they were
+                    wq.release(claimed[k:])  # none of these was started: back to the queue as they were
                     return got
                 self._start(wq, cl)
             free -= len(claimed)

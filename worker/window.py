@@ -18,7 +18,9 @@ Policy (`WindowController.update`, one sample of the server each ~0.5 s):
 * **Shrink when more than the buffer wait, two samples in a row**, by that excess: the
   server runs only `running` at once (max_num_seqs, the KV cache or the token budget is the
   limit), so the rest add latency and lease time and no throughput. One sample is not
-  enough: a burst of long prompts waits a few steps for prefill and then runs.
+  enough: a burst of long prompts waits a few steps for prefill and then runs. No second cut
+  while the drain still has more in flight than the window: those were claimed before the last
+  cut, and cutting again for them would overshoot far below what the server runs.
 * **Back off to 90% of what the server holds when the preemption counter moves**: vLLM is
   evicting running sequences for lack of KV blocks and will recompute them, pure waste. KV use past
   `kv_high` without preemption only stops growth: vLLM admits a sequence only when its
@@ -167,7 +169,11 @@ class WindowController:
             target = math.floor(min(target, sample.running + sample.waiting) * self.backoff)
         elif sample.waiting > buffer:
             self._crowded += 1
-            if self._crowded >= self.patience:
+            # Requests claimed under an earlier, larger window cannot be called back: while more are in
+            # flight than the window allows, no new ones go out anyway, so shrinking again would only
+            # compound the cut (a window that started at 2,048 fell to 8 on the H100 this way).
+            holding = in_flight is not None and in_flight > target
+            if self._crowded >= self.patience and not holding:
                 self.slow_start = False
                 # Several clients each shed the whole excess, then grow back: they converge on a fair share.
                 excess = math.ceil(sample.waiting - buffer)

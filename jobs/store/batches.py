@@ -160,7 +160,7 @@ class Batch:
     def members(self, header: dict[str, Any] | None = None) -> list[Member]:
         header = header or self.header()
         chunks = int(header["chunks"])
-        tokens = self.connection.lrange(keys.manifest(self.id), 0, -1)
+        tokens = _lrange_paged(self.connection, keys.manifest(self.id), 16)
         out: list[Member] = []
         if len(tokens) != chunks:
             raise JobctlError(
@@ -422,7 +422,7 @@ class Batch:
     def _reseal(self, header: dict[str, Any], changed: dict[str, str]) -> None:
         """Record the new fingerprints of tasks retried with other options in the sealed member list."""
         chunks = int(header["chunks"])
-        tokens = self.connection.lrange(keys.manifest(self.id), 0, -1)
+        tokens = _lrange_paged(self.connection, keys.manifest(self.id), 16)
         for index, token in enumerate(tokens):
             entries = sealed.open_chunk(self.cipher, self.id, index, chunks, keys.text(token))
             touched = False
@@ -474,6 +474,17 @@ def list_batches(
             if len(out) >= limit:
                 break
     return out
+
+
+def _lrange_paged(conn: redis.Redis, key: str, page: int) -> list[Any]:
+    """A whole list, a page per command: a 500,000-task batch's member list is tens of megabytes, and one
+    LRANGE of it would hold Redis for everyone while it is copied out."""
+    out: list[Any] = []
+    while True:
+        part = conn.lrange(key, len(out), len(out) + page - 1)
+        out += part
+        if len(part) < page:
+            return out
 
 
 def _parse_iso(value: str) -> float:

@@ -384,8 +384,10 @@ def roll_forward(conn: redis.Redis, queue: str, scripts: Scripts, lock: SubmitLo
         if not conn.exists(keys.batch(batch_id)):
             conn.srem(keys.publishing(queue), batch_id)
             continue
-        ids = [keys.text(j) for j in conn.lrange(staged_key, 0, -1)]
-        _publish_ids(conn, scripts, queue, batch_id, ids, lock)
+        start = 0
+        while part := [keys.text(j) for j in conn.lrange(staged_key, start, start + STEP - 1)]:
+            _publish_ids(conn, scripts, queue, batch_id, part, lock)
+            start += len(part)
         _mark_published(conn, queue, batch_id)
     return len(pending)
 
