@@ -1,10 +1,21 @@
-"""Import benchmark: a ~50 MB mbox of 10,000 messages and a 100,000-row bank CSV, read into records
-(jobs.imports), then validated as tasks, against parsing the same tasks from a JSON file
-(jobs.parse.parse_bytes). Each measurement runs in a fresh subprocess, so its peak RSS is its own.
+"""Import benchmark: a ~50 MB mbox of 10,000 messages and a 100,000-row bank CSV, against the same
+tasks as a JSON file. Each measurement runs in a fresh subprocess, so its peak RSS is its own.
 
-    python bench/import_bench.py [--messages 10000] [--rows 100000] [--out figures.json]
+End to end (always), as a user runs `jobctl submit PATH`: producer.intake.read_paths (detect,
+read, validate; a large mailbox in worker processes, see jobs/imports/pool.py) then
+Client.submit_parsed (encrypt, stage, publish) into a redis-server of the benchmark's own, flushed
+before each run. The import and its JSON twin alternate, `--repeat` times each; the figures are
+medians, `import_vs_json` is the ratio of the median rates and `pairs` the ratio of each pair run
+back to back (this shared 2-core machine's speed swings, so only figures from one run compare).
+Peak RSS is this process's (VmHWM); `worker_peak_rss_mb` the largest worker's, whose pages are
+partly shared with it.
 
-make_mbox(path, n) and make_csv(path, n) are reusable, e.g. for an end-to-end submit benchmark.
+Parse only (`--parse`, as well): records only (jobs.imports), records validated as tasks, and
+parse_bytes of the JSON file, without Redis.
+
+    python bench/import_bench.py [--messages 10000] [--rows 100000] [--repeat 3] [--only mbox|csv] [--parse] [--out F]
+
+make_mbox(path, n) and make_csv(path, n) are reusable.
 """
 
 from __future__ import annotations
@@ -12,14 +23,18 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -131,12 +146,15 @@ def _tasks(records: list[Any]) -> list[dict[str, Any]]:
     return [{"custom_id": r.custom_id, "kind": DEFAULT_KINDS[r.family], "input": r.input} for r in records]
 
 
-def measure(what: str, path: Path) -> dict[str, Any]:
+def measure(what: str, path: Path, redis_url: str | None = None) -> dict[str, Any]:
     """One measurement, in this process: `import` (records only), `import+validate` (records
-    turned into tasks and validated as the kinds' models see them), or `json` (parse_bytes)."""
+    turned into tasks and validated as the kinds' models see them), `json` (parse_bytes), or
+    `submit` (read_paths then Client.submit_parsed into `redis_url`, whatever the file is)."""
     from jobs.imports import ImportOptions, detect, read_records
     from jobs.parse import Limits, parse_bytes, parse_objects
 
+    if what == "submit":
+        return _submit(path, redis_url or "")
     limits = Limits(max_file_bytes=1 << 30)
     t0 = time.perf_counter()
     if what == "json":
@@ -153,6 +171,38 @@ def measure(what: str, path: Path) -> dict[str, Any]:
     return {"records": n, "seconds": round(wall, 3), "per_s": round(n / wall, 1), "peak_rss_mb": peak_rss_mb()}
 
 
+def _submit(path: Path, redis_url: str) -> dict[str, Any]:
+    """`jobctl submit PATH` without the CLI around it: what producer/cli/submit.py calls."""
+    from jobs.config import Settings
+    from jobs.crypto import generate_key
+    from producer.client import Client
+    from producer.intake import Intake, read_paths
+
+    settings = Settings.from_env(env={}, redis_url=redis_url, key=generate_key(), queue="bench", home=path.parent)
+    client = Client(settings.with_(max_file_bytes=1 << 30))
+    t0 = time.perf_counter()
+    parsed = read_paths([str(path)], Intake(client.limits()))
+    t1 = time.perf_counter()
+    result = client.submit_parsed(parsed)
+    t2 = time.perf_counter()
+    assert result.enqueued == len(parsed) > 0, result
+    from jobs.imports import pool
+
+    # Worker processes (a large mailbox) are forked: their resident pages are partly this process's,
+    # shared, so adding their peaks to this one's overstates the memory used.
+    workers = pool.workers_for(path.stat().st_size) if path.suffix == ".mbox" else 0
+    return {
+        "tasks": len(parsed),
+        "read_validate_s": round(t1 - t0, 3),
+        "submit_s": round(t2 - t1, 3),
+        "seconds": round(t2 - t0, 3),
+        "per_s": round(len(parsed) / (t2 - t0), 1),
+        "peak_rss_mb": peak_rss_mb(),
+        "workers": workers,
+        "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1) if workers else 0,
+    }
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. Linux's VmHWM starts anew at exec; ru_maxrss would
     carry the parent's peak over into a child started by fork and exec."""
@@ -165,10 +215,15 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _child(what: str, path: Path) -> dict[str, Any]:
+def _child(what: str, path: Path, redis_url: str = "") -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--measure", what, str(path)], capture_output=True, text=True, cwd=ROOT, check=True
+        [sys.executable, __file__, "--measure", what, str(path), redis_url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
+    if out.returncode:
+        raise RuntimeError(f"{what} {path.name} failed:\n{out.stderr[-3000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -179,33 +234,80 @@ def _as_json(source: Path, target: Path) -> None:
     target.write_text(json.dumps(_tasks(records), ensure_ascii=False))
 
 
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in rows))
+
+
+def end_to_end(src: Path, as_json: Path, repeat: int, redis_url: str) -> dict[str, Any]:
+    """The import and its JSON twin, alternating, each into an empty Redis."""
+    conn = redis.Redis.from_url(redis_url)
+    runs: dict[str, list[dict[str, Any]]] = {"import": [], "json": []}
+    for _ in range(repeat):
+        for name, path in (("import", src), ("json", as_json)):
+            conn.flushall()
+            runs[name].append(_child("submit", path, redis_url))
+    out: dict[str, Any] = {}
+    for name, rows in runs.items():
+        out[name] = {
+            "per_s": _median(rows, "per_s"),
+            "seconds": _median(rows, "seconds"),
+            "read_validate_s": _median(rows, "read_validate_s"),
+            "submit_s": _median(rows, "submit_s"),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
+            "workers": rows[0]["workers"],
+            "worker_peak_rss_mb": max(r["worker_peak_rss_mb"] for r in rows),
+            "runs_per_s": [r["per_s"] for r in rows],
+        }
+    out["import_vs_json"] = round(out["import"]["per_s"] / out["json"]["per_s"], 2)
+    out["pairs"] = [round(i["per_s"] / j["per_s"], 2) for i, j in zip(runs["import"], runs["json"], strict=True)]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3, help="end-to-end runs of each (medians are reported)")
+    ap.add_argument("--parse", action="store_true", help="also the parse-only figures (no Redis)")
+    ap.add_argument("--only", choices=["mbox", "csv"], help="one of the two inputs")
     ap.add_argument("--out")
-    ap.add_argument("--measure", nargs=2, metavar=("WHAT", "PATH"), help=argparse.SUPPRESS)
+    ap.add_argument("--measure", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure[0], Path(args.measure[1]))))
+        what, path, *rest = args.measure
+        print(json.dumps(measure(what, Path(path), rest[0] if rest else None)))
         return
-    results: dict[str, Any] = {}
+    from bench.redis_cost import free_port, start_redis
+
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        for name, make, n in (("mbox", make_mbox, args.messages), ("csv", make_csv, args.rows)):
-            src = d / f"bench.{name}"
-            size = make(src, n)
-            as_json = d / f"{name}-tasks.json"
-            _as_json(src, as_json)
-            row: dict[str, Any] = {
-                "items": n,
-                "file_mb": round(size / 1e6, 1),
-                "json_mb": round(as_json.stat().st_size / 1e6, 1),
-            }
-            for what in ("import", "import+validate", "json"):
-                row[what] = _child(what, src if what != "json" else as_json)
-            row["import+validate_vs_json"] = round(row["import+validate"]["per_s"] / row["json"]["per_s"], 2)
-            results[name] = row
+        port = free_port()
+        server = start_redis(port, tmp)
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        try:
+            for name, make, n in (("mbox", make_mbox, args.messages), ("csv", make_csv, args.rows)):
+                if args.only and name != args.only:
+                    continue
+                src = d / f"bench.{name}"
+                size = make(src, n)
+                as_json = d / f"{name}-tasks.json"
+                _as_json(src, as_json)
+                row: dict[str, Any] = {
+                    "items": n,
+                    "file_mb": round(size / 1e6, 1),
+                    "json_mb": round(as_json.stat().st_size / 1e6, 1),
+                    "end_to_end": end_to_end(src, as_json, args.repeat, redis_url),
+                }
+                if args.parse:
+                    for what in ("import", "import+validate", "json"):
+                        row[what] = _child(what, src if what != "json" else as_json)
+                    row["import+validate_vs_json"] = round(row["import+validate"]["per_s"] / row["json"]["per_s"], 2)
+                results[name] = row
+                print(json.dumps({name: row}), file=sys.stderr)
+        finally:
+            server.terminate()
+            server.wait(10)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

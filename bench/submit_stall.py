@@ -79,7 +79,8 @@ def main() -> None:
         [sys.executable, "-m", "producer.cli", "keygen", "--print"], capture_output=True, text=True, cwd=ROOT
     )
     env = env_with(REDIS_URL=url, JOBCTL_KEY=key_proc.stdout.strip(), JOBCTL_HOME=str(work), JOBCTL_QUEUE="big")
-    stop, q = mp.Event(), mp.Queue()
+    stop = mp.Event()
+    q: mp.Queue[list[float]] = mp.Queue()
     ping = mp.Process(target=pinger, args=(url, stop, q, a.every))
     ping.start()
     time.sleep(1)

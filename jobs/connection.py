@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from jobs.errors import JobctlError
-from jobs.redact import redact_url, safe_redis_from_url
+from jobs.redact import RedisURLError, redact_url, safe_redis_from_url
 
 if TYPE_CHECKING:
     from jobs.config import Settings
@@ -28,10 +28,16 @@ class RedisUnavailableError(JobctlError):
 
 
 def connect(settings: Settings) -> redis.Redis:
-    if settings.redis_url:
-        return safe_redis_from_url(
-            settings.redis_url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=60
-        )
+    url = settings.redis_url
+    if url:
+        if "://" not in url:
+            # `host:port`, as redis-cli takes it: say the URL to write, not only that the scheme is missing.
+            shown = redact_url(url)
+            raise RedisURLError(
+                f"REDIS_URL {shown} has no scheme; write it as redis://{shown}{'' if '/' in url else '/0'} "
+                "(rediss:// for TLS)"
+            )
+        return safe_redis_from_url(url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=60)
     return embedded_redis(settings)
 
 

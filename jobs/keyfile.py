@@ -11,6 +11,7 @@ refused, as ssh refuses such a private key.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -49,6 +50,15 @@ def _mkdir_private(folder: Path) -> None:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
+def _advice(e: OSError) -> str:
+    """What to do about a failed write, by its cause."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space, or write elsewhere"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the folder's permissions, or write elsewhere"
+    return "check the path"
+
+
 def write_key_file(path: Path, force: bool = False) -> str:
     """Create a new key file readable only by its owner, and return the key. Refuses to replace an
     existing one unless `force`: results encrypted with the old key would become unreadable."""
@@ -64,7 +74,7 @@ def write_key_file(path: Path, force: bool = False) -> str:
         key = generate_key()
         fd, tmp = _create_temp(path.parent, path.name)
     except OSError as e:
-        raise CryptoError(f"cannot create the key file {path}: {e.strerror}; check the folder's permissions") from e
+        raise CryptoError(f"cannot create the key file {path}: {e.strerror}; {_advice(e)}") from e
     try:
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
@@ -83,7 +93,7 @@ def write_key_file(path: Path, force: bool = False) -> str:
                     raise CryptoError(exists_hint) from None
                 os.replace(tmp, path)
     except OSError as e:
-        raise CryptoError(f"cannot write the key file {path}: {e.strerror}; check the folder's permissions") from e
+        raise CryptoError(f"cannot write the key file {path}: {e.strerror}; {_advice(e)}") from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -145,6 +155,10 @@ def write_private(path: str | Path, binary: bool = False) -> contextlib.Abstract
 
 @contextlib.contextmanager
 def _write_private(path: Path, binary: bool) -> Iterator[IO[Any]]:
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # nothing there yet: _create_temp says why
+        # A rename would replace whatever is there: a device (/dev/full) or a FIFO is not a results file.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise PrivateFileError(f"{path} is not a regular file; write the results to a file")
     try:
         fd, tmp = _create_temp(path.parent, path.name)
     except OSError as e:

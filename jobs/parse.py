@@ -407,7 +407,7 @@ def to_task(value: Any, where: str, limits: Limits) -> Task:
         options = {}
     if not isinstance(options, dict):
         problems.append(Problem(f"{where}: options", f"must be an object, not {_json_type(options)}"))
-    elif limits.options and not batch_line:
+    elif limits.options:
         options = {**limits.options, **options}
     if problems:
         raise _TaskProblems(problems)

@@ -67,12 +67,18 @@ class Client:
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def parse_file(self, path: str | Path, options: dict[str, Any] | None = None) -> Parsed:
-        """Read and validate a task file (JSON, JSONL or OpenAI batch JSONL) without submitting it."""
-        from jobs.imports.reading import read_bounded
+    def parse_file(
+        self,
+        path: str | Path,
+        options: dict[str, Any] | None = None,
+        kind: str | None = None,
+        columns: dict[str, str] | None = None,
+    ) -> Parsed:
+        """Read and validate what `jobctl submit PATH` reads (a task file, a mailbox, a bank export), without
+        submitting it. `kind` and `columns` are for imports, as `--kind` and `--columns`."""
+        from producer.intake import Intake, read_paths
 
-        raw = read_bounded(Path(path), str(path), self.settings.max_file_bytes)
-        return parse_bytes(raw, str(path), self.limits(options))
+        return read_paths([str(path)], Intake(self.limits(options), kind, columns))
 
     def submit(
         self,
@@ -94,9 +100,10 @@ class Client:
         return self.submit_parsed(parsed, queue, name=name, metadata=metadata, replace=replace)
 
     def submit_file(self, path: str | Path, queue: str | None = None, **kw: Any) -> SubmitResult:
-        """Validate a task file and enqueue all of its tasks, or none (see submit() for the keywords)."""
-        options = kw.pop("options", None)
-        return self.submit_parsed(self.parse_file(path, options), queue, **kw)
+        """Validate a task file, a mailbox or a bank export and enqueue all of its tasks, or none (see submit()
+        for the keywords; `kind` and `columns` as for parse_file())."""
+        parsed = self.parse_file(path, kw.pop("options", None), kw.pop("kind", None), kw.pop("columns", None))
+        return self.submit_parsed(parsed, queue, **kw)
 
     def submit_bytes(self, raw: bytes, source: str = "<stdin>", queue: str | None = None, **kw: Any) -> SubmitResult:
         """Like submit_file(), for the bytes of a task file (stdin, say)."""
@@ -148,34 +155,58 @@ class Client:
         timeout: float | None = None,
         poll: float = 1.0,
         on_progress: Callable[[BatchStatus], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+        note_every: float = 10.0,
     ) -> BatchStatus:
         """Poll until the batch has no queued or running task; returns its final status.
 
-        Raises WaitTimeoutError after `timeout` seconds. Redis outages are waited out with backoff
-        (up to the timeout, if any).
+        The first read must succeed: a wrong URL, password or batch id is a setting to fix, not an
+        outage to wait out. Later Redis outages are waited out with backoff and told to `on_note` (once,
+        then every `note_every` seconds). Raises WaitTimeoutError after `timeout` seconds, during an
+        outage too.
         """
-        end = time.monotonic() + timeout if timeout else None
+        from jobs.connection import describe
+
+        end = time.monotonic() + timeout if timeout is not None else None
+        st = self.status(batch_id)
+        down_since = said_at = 0.0
         delay = poll
+        note = on_note or (lambda _msg: None)
         while True:
-            try:
-                st = self.status(batch_id)
-                delay = poll
-            except (redis.ConnectionError, redis.TimeoutError):
-                if end and time.monotonic() > end:
-                    raise
-                delay = min(30.0, delay * 2)
-                time.sleep(delay)
-                continue
-            if on_progress:
-                on_progress(st)
-            if st.done:
-                return st
-            if end and time.monotonic() > end:
+            if not down_since:
+                if on_progress:
+                    on_progress(st)
+                if st.done:
+                    return st
+            now = time.monotonic()
+            if end is not None and now >= end:
+                if down_since:
+                    raise WaitTimeoutError(
+                        f"batch {batch_id} did not finish in {timeout:g}s: Redis has been unreachable for "
+                        f"{now - down_since:.0f}s; check it, then wait again"
+                    )
                 raise WaitTimeoutError(
                     f"batch {batch_id} still has {st.counts['queued']} queued and {st.counts['running']} running "
-                    f"tasks after {timeout:g}s"
+                    f"tasks after {timeout:g}s; wait longer, and see `jobctl status {batch_id}` for why"
                 )
-            time.sleep(poll)
+            time.sleep(max(0.0, min(delay, end - now)) if end is not None else delay)
+            try:
+                st = self.status(batch_id)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if isinstance(e, redis.AuthenticationError):
+                    raise  # the password changed under us: no wait fixes that
+                now = time.monotonic()
+                if not down_since:
+                    down_since = said_at = now
+                    note(f"lost {describe(self.connection)} ({type(e).__name__}); waiting for it to come back")
+                elif now - said_at >= note_every:
+                    said_at = now
+                    note(f"Redis unreachable for {now - down_since:.0f}s; still waiting")
+                delay = min(10.0, delay * 2)
+                continue
+            if down_since:
+                note(f"Redis is back after {time.monotonic() - down_since:.0f}s")
+                down_since, delay = 0.0, poll
 
     def results(self, batch_id: str) -> Iterator[Outcome]:
         """Each ended task's outcome (decrypted), in submission order."""

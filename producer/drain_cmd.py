@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 from jobs.config import Settings
-from jobs.connection import connect
+from jobs.connection import connect, redis_problem
 from worker.drain import run_drain
 from worker.report import DrainReport
 
@@ -15,6 +17,12 @@ def run_worker(
 ) -> DrainReport:
     cipher = settings.cipher()
     conn = connect(settings)
+    try:
+        # Before any model server starts: a wrong URL, password or database is said as such, not as
+        # "cannot reach Redis" from inside the drain.
+        conn.ping()
+    except redis.RedisError as e:
+        raise redis_problem(e, settings) from e
     queues = queues or [settings.queue]
     if settings.base_url:
         return _drain(settings, conn, cipher, settings.base_url, burst, max_seconds, queues)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.imports import DEFAULT_KINDS, ImportOptions, detect, family_of, read_records
+from jobs.imports import DEFAULT_KINDS, TASKS, ImportOptions, detect, family_of, read_bytes, read_records, sniff
 from jobs.imports.reading import read_bounded
 from jobs.kinds import KINDS
-from jobs.parse import InputError, Limits, Parsed, Problem, parse_bytes, validate_entries
+from jobs.parse import MAX_REPORTED, InputError, Limits, Parsed, Problem, parse_bytes, validate_entries
 from jobs.tasks import Task
 
 
@@ -45,17 +45,22 @@ def read_paths(paths: list[str], intake: Intake) -> Parsed:
 
 def _read_one(path: str, intake: Intake) -> Parsed:
     limits = intake.limits
+    raw = None
     if path == "-":
+        # stdin is told apart by its content too: a task file, or an mbox, a message, a CSV, an OFX file.
+        path = "<stdin>"
         raw = sys.stdin.buffer.read(limits.max_file_bytes + 1)
-        return parse_bytes(raw, "<stdin>", limits)
-    p = Path(path)
-    fmt = detect(p)
+        fmt = sniff(raw[:65536], Path("-"), path) if raw.strip() and len(raw) <= limits.max_file_bytes else TASKS
+    else:
+        fmt = detect(Path(path))
     family = family_of(fmt)
     if family is None:
         if intake.kind is not None:
             # A task file names its kinds itself; --kind is for imported records.
             raise InputError(path, [Problem(f"{path}", "--kind applies to mail and bank imports, not to task files")])
-        return parse_bytes(read_bounded(p, path, limits.max_file_bytes), path, limits)
+        if raw is None:
+            raw = read_bounded(Path(path), path, limits.max_file_bytes)
+        return parse_bytes(raw, path, limits)
     kind = intake.kind or DEFAULT_KINDS[family]
     opts = ImportOptions(
         columns=intake.columns,
@@ -64,27 +69,65 @@ def _read_one(path: str, intake: Intake) -> Parsed:
         kind=kind,
         options=limits.options or None,
     )
-    entries: list[tuple[str, int, Any]] = []
-    seen: dict[str, tuple[str, str]] = {}
-    for rec in read_records(p, fmt, opts):
-        value = {"custom_id": rec.custom_id, "kind": kind, "input": rec.input}
-        # The same record twice in one import (a message in two Maildir folders): one task.
-        key = _canonical(value)
-        if rec.custom_id in seen:
-            if seen[rec.custom_id][1] == key:
-                continue
-        seen[rec.custom_id] = (rec.origin, key)
-        entries.append((rec.origin, 0, value))
-    if not entries:
+    records = read_bytes(raw, path, fmt, opts) if raw is not None else read_records(Path(path), fmt, opts)
+    checked = _Checked(path, limits)
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for rec in records:
+        # The same record twice in one import (a message in two Maildir folders): one task. The
+        # importers keep ids unique otherwise.
+        first = seen.get(rec.custom_id)
+        if first is not None:
+            if first[1] != rec.input:
+                checked.problem(
+                    Problem(rec.origin, f"duplicate custom_id {rec.custom_id!r} (first at {first[0]}); remove one")
+                )
+            continue
+        seen[rec.custom_id] = (rec.origin, rec.input)
+        checked.add((rec.origin, 0, {"custom_id": rec.custom_id, "kind": kind, "input": rec.input}))
+    if not seen:
         what = "messages" if family == "email" else "transactions"
         raise InputError(path, [Problem(path, f"no {what} found; check that this is the right file")])
-    return validate_entries(entries, path, limits)
+    return checked.result()
 
 
-def _canonical(value: dict[str, Any]) -> str:
-    import json
+class _Checked:
+    """Imported records validated as tasks a batch at a time, while they are read: a large mailbox is
+    parsed by worker processes, and this process validates what they have sent meanwhile. Problems
+    are gathered from every batch and reported together, as for a task file."""
 
-    return json.dumps(value, sort_keys=True)
+    BATCH = 500
+
+    def __init__(self, path: str, limits: Limits):
+        self.path, self.limits = path, limits
+        self.pending: list[tuple[str, int, Any]] = []
+        self.tasks: list[Task] = []
+        self.problems: list[Problem] = []
+        self.total = 0
+
+    def add(self, entry: tuple[str, int, Any]) -> None:
+        self.pending.append(entry)
+        if len(self.pending) >= self.BATCH:
+            self._check()
+
+    def problem(self, problem: Problem) -> None:
+        self.problems.append(problem)
+        self.total += 1
+
+    def _check(self) -> None:
+        if not self.pending:
+            return
+        try:
+            self.tasks += validate_entries(self.pending, self.path, self.limits).tasks
+        except InputError as e:
+            self.problems += e.problems
+            self.total += e.total
+        self.pending = []
+
+    def result(self) -> Parsed:
+        self._check()
+        if self.total:
+            raise InputError(self.path, self.problems[:MAX_REPORTED], total=self.total)
+        return Parsed(self.tasks)
 
 
 def _combine(parts: list[Parsed], paths: list[str]) -> Parsed:

@@ -98,13 +98,14 @@ class LocalServer:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             out = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        parent = os.getpid()
         try:
             self.proc = subprocess.Popen(
                 command(self.port),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=lambda: _die_with_parent(parent),
             )
         finally:
             if out is not subprocess.DEVNULL:
@@ -147,12 +148,13 @@ class LocalServer:
             self.pid_path.unlink(missing_ok=True)
             return
         if b"llama_cpp.server" in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not _alive(pid):
+            # SIGKILL if SIGTERM is not enough: a leftover still on the port would pass for a server
+            # of ours (start() reuses one that answers) and then never be stopped.
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+                if _gone_within(pid, 5.0):
                     break
-                time.sleep(0.1)
         self.pid_path.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalServer:
@@ -162,13 +164,25 @@ class LocalServer:
         self.stop()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child, before exec: ask Linux to send SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+        # A parent killed between fork and prctl sent no signal: the child was already re-parented.
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -532,7 +532,7 @@ def test_unreadable_paths(client, conn, tmp_path):
     with pytest.raises(JobctlError, match=r"missing\.json: no such file"):
         client.submit_file(tmp_path / "missing.json")
     # A folder: was an IsADirectoryError traceback.
-    with pytest.raises(JobctlError, match=r"is a folder, not a regular file"):
+    with pytest.raises(JobctlError, match=r"the folder is empty; give a Maildir"):
         client.submit_file(tmp_path)
     assert_nothing_enqueued(client, conn)
 

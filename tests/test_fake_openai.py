@@ -184,6 +184,10 @@ def test_each_fault_as_seen_by_openai_client(srv: FakeOpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as rate:
         ask()
     assert rate.value.response.headers["retry-after"] == "0"
+    srv.script(Fault.HTTP_503)
+    with pytest.raises(openai.InternalServerError) as busy:
+        ask()
+    assert busy.value.status_code == 503 and busy.value.response.headers["retry-after"] == "0"
     srv.script(Fault.CLOSE)
     with pytest.raises(openai.APIConnectionError):
         ask()

@@ -165,3 +165,13 @@ def test_one_worker_drains_several_queues_fairly(settings, conn, fake, drain):
             ended.append((utcparse(conn.hget(keys.job(m.job_id), "ended_at").decode()), name))
     first = [name for _, name in sorted(ended)[:20]]
     assert first.count("a") >= 5 and first.count("b") >= 5, first
+
+
+def test_expired_batches_leave_the_index(client, conn):
+    from jobs.store import keys
+
+    old = client.submit([triage_task(1)])
+    new = client.submit([triage_task(2)])
+    conn.delete(keys.batch(old.batch_id))  # its record expired with its results
+    assert [b.id for b in client.batches()] == [new.batch_id]
+    assert conn.zrange(keys.BATCHES_INDEX, 0, -1) == [new.batch_id.encode()]

@@ -342,3 +342,31 @@ def test_a_conflict_names_ids_not_content(client, conn, worker_env, tmp_path):
     assert proc.returncode == 1 and "two.eml" in err
     no_markers(err, "the conflict error", [p for p in SHOWN + NEVER if p != "msgid"])
     assert conn.dbsize() == 0
+
+
+def test_worker_processes_log_nothing_private(tmp_path):
+    """A large mailbox is parsed by forked worker processes: with every logger at DEBUG, neither
+    they nor the parent write a marker (run in a process of its own: pytest's threads would keep
+    the import in one process)."""
+    mbox, *_ = write_mail(tmp_path)
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+        "logging.getLogger('multiprocessing').setLevel(logging.DEBUG)\n"
+        "import multiprocessing; multiprocessing.log_to_stderr(logging.DEBUG)\n"
+        "from jobs.imports import pool\n"
+        "pool.MIN_BYTES = 0\n"
+        "assert pool.workers_for(1) >= 2, 'no worker processes here'\n"
+        "from producer.intake import Intake, read_paths\n"
+        "from jobs.parse import Limits\n"
+        f"parsed = read_paths([{str(mbox)!r}], Intake(Limits()))\n"
+        "print(len(parsed))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
+    if b"no worker processes here" in proc.stderr:
+        pytest.skip("worker processes need Linux and 2 cores")
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode().strip() == "3"
+    err = proc.stderr.decode()
+    assert "DEBUG" in err and "ForkProcess" in err  # the workers did log, at debug level
+    no_markers(err, "the logs of an import in worker processes")

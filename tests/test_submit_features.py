@@ -138,12 +138,29 @@ def test_python_api_reads_paths_like_the_cli(client, drain):
     assert outs[AGENDA].parsed["category"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Client.submit_file reads task files only: an mbox gets 'not valid UTF-8' (producer/client.py parse_file)",
-)
 def test_python_api_submit_file_takes_what_the_cli_takes(client):
     assert client.submit_file(MBOX).enqueued == 4
+
+
+def test_stdin_is_told_apart_by_its_content_too(jobctl, client):
+    for path, count, dups in ((US, 8, 0), (OFX2, 3, 0), (MAIL / "reply-thread.eml", 1, 0), (MBOX, 4, 1)):
+        sub = json.loads(jobctl("submit", "--json", "-", input=path.read_bytes()).stdout)
+        assert (sub["total"], sub["duplicates"]) == (count, dups), path
+    cut = jobctl("submit", "-", input=(FIXTURES / "truncated.mbox").read_bytes(), ok=False)
+    assert cut.exit_code == 1 and "<stdin>:87: message 3" in cut.stderr
+    # The same message from stdin and from the file is one task.
+    assert submit(jobctl, MBOX)["duplicates"] == 4
+
+
+def test_problems_of_every_record_are_reported_together(jobctl, conn, tmp_path):
+    """Imported records are validated in batches while they are read; the error still counts them all."""
+    rows = "".join(f"2024-01-{1 + i % 28:02d},Shop {i},-{i}.50\n" for i in range(1234))
+    bank = tmp_path / "bank.csv"
+    bank.write_text("Date,Description,Amount\n" + rows)
+    result = jobctl("submit", bank, "--options", '{"categories": "food"}', ok=False)
+    assert result.exit_code == 1 and "1234 problems, nothing was submitted" in result.stderr
+    assert result.stderr.count("options.categories") == 20 and "... and 1214 more problems" in result.stderr
+    assert conn.dbsize() == 0
 
 
 # -- ids across files and commands --------------------------------------------------------------------
@@ -434,10 +451,6 @@ def test_metadata_allows_16_pairs_and_refuses_17_with_nothing_enqueued(jobctl, c
     assert len(status(jobctl, sub["batch_id"])["metadata"]) == 16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 16-pair metadata limit is checked in producer/cli/submit.py only; Client.submit takes 17",
-)
 def test_python_api_keeps_the_metadata_limit_too(client, conn):
     with pytest.raises((InputError, ValueError)):
         client.submit([triage_task(1)], metadata={f"k{i}": "v" for i in range(17)})
@@ -631,18 +644,13 @@ def test_the_readme_cron_line_works_as_written(redis_url, conn, tmp_path):
 # -- known gaps in files this suite does not own (each xfail names the fix) ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chat tasks (OpenAI batch lines) take no options, so `retry --options '{\"max_tokens\": 400}'` is "
-    "refused though their max_tokens_reached error says 'raise options.max_tokens' (jobs/kinds/generic.py Chat)",
-)
 def test_retry_gives_a_cut_off_openai_batch_line_more_room(jobctl, client, tmp_path, drain, fake):
     f = tmp_path / "b.jsonl"
     line = json.loads(_batch_line("request-1", "room please"))
     line["body"]["max_tokens"] = 5
     f.write_text(json.dumps(line) + "\n")
     sub = submit(jobctl, f)
-    fake.script(*[Reply("x" * 100, "length")] * 4)
+    fake.script(*[Reply("x" * 100, "length")] * 2)  # both of its output attempts cut off
     drain(concurrency=1)
     [out] = list(client.results(sub["batch_id"]))
     assert out.error["code"] == "max_tokens_reached" and "options.max_tokens" in out.error["message"]
@@ -653,11 +661,6 @@ def test_retry_gives_a_cut_off_openai_batch_line_more_room(jobctl, client, tmp_p
     assert all(o.ok for o in client.results(sub["batch_id"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/store/batches.py Batch.status: completed_at is the latest ended_at of the members, so a batch "
-    "of duplicates of finished tasks 'completed' before it was created, and a batch of refused lines never did",
-)
 def test_completed_at_is_never_before_created_at_and_set_when_nothing_is_left(jobctl, tmp_path, drain):
     f = task_file(tmp_path / "t.json", [triage_task(1)])
     submit(jobctl, f)

@@ -33,7 +33,7 @@ from openai import AsyncOpenAI
 
 from jobs import outcomes as o
 from jobs.config import Settings
-from jobs.connection import RedisUnavailableError
+from jobs.connection import RedisUnavailableError, describe
 from jobs.crypto import Cipher, CryptoError, DecryptError
 from jobs.errors import JobctlError
 from jobs.kinds.base import OutputInvalid
@@ -461,7 +461,11 @@ class Drainer:
         try:
             return fn()
         except redis.ConnectionError as e:
-            raise RedisUnavailableError(f"cannot reach Redis ({type(e).__name__}); check REDIS_URL") from e
+            kw = self.conn.connection_pool.connection_kwargs
+            where = describe(self.conn) if kw else "Redis"
+            if isinstance(e, redis.AuthenticationError):
+                raise RedisUnavailableError(f"Redis at {where} refused the credentials; fix REDIS_URL") from e
+            raise RedisUnavailableError(f"cannot reach Redis at {where} ({type(e).__name__}); check REDIS_URL") from e
 
 
 def _api_key(client: Any) -> str | None:

@@ -4,6 +4,7 @@
     if fmt != "tasks":                 # task files stay with jobs.parse
         for record in read_records(path, fmt, ImportOptions(context_tokens=8192)):
             ...                        # record.custom_id, .family, .input, .origin
+    # stdin: fmt = sniff(raw[:65536], Path("-"), "<stdin>"); read_bytes(raw, "<stdin>", fmt, opts)
 
 Records are streamed. Bad input raises jobs.parse.InputError, located (file, line or message,
 column), possibly after some records were yielded: consume the whole iterator before enqueueing
@@ -27,8 +28,9 @@ from jobs.imports.detect import (
     TASKS,
     TRANSACTION_FORMATS,
     detect,
+    sniff,
 )
-from jobs.imports.reading import fail
+from jobs.imports.reading import fail, too_big
 from jobs.imports.records import DEFAULT_KINDS, EMAIL, TRANSACTION, ImportOptions, Record
 from jobs.kinds import KINDS
 from jobs.kinds.email import Email
@@ -46,7 +48,9 @@ __all__ = [
     "Record",
     "detect",
     "family_of",
+    "read_bytes",
     "read_records",
+    "sniff",
 ]
 
 
@@ -91,6 +95,32 @@ def read_records(path: Path, fmt: str, opts: ImportOptions) -> Iterator[Record]:
 
     assert fmt == OFX
     return read_ofx(path, source, opts)
+
+
+def read_bytes(raw: bytes, source: str, fmt: str, opts: ImportOptions) -> Iterator[Record]:
+    """The records of an import given as bytes (stdin): an mbox, one message, a CSV or an OFX file;
+    `fmt` is what sniff() said. Folders (Maildir, .eml files) have no bytes of their own."""
+    family = family_of(fmt)
+    if family is None or fmt in (MAILDIR, EML_DIR):
+        raise ValueError(f"{fmt!r} cannot be read from bytes")
+    _check_kind(opts.kind, family, source)
+    if len(raw) > opts.max_file_bytes:
+        raise too_big(source, len(raw), opts.max_file_bytes, "the input")
+    if fmt == MBOX:
+        from jobs.imports.mailboxes import mbox_records
+
+        return mbox_records(raw, source, opts)
+    if fmt == EML:
+        from jobs.imports.mailboxes import eml_records
+
+        return eml_records(raw, source, opts)
+    if fmt == CSV:
+        from jobs.imports.bank_csv import csv_records
+
+        return csv_records(raw, source, opts)
+    from jobs.imports.ofx import ofx_records
+
+    return ofx_records(raw, source)
 
 
 def _check_kind(kind: str | None, family: str, source: str) -> None:

@@ -48,7 +48,12 @@ class Table:
 
 
 def read_csv(path: Path, source: str, opts: ImportOptions) -> Iterator[Record]:
-    text = decode(read_bounded(path, source, opts.max_file_bytes), source)
+    return csv_records(read_bounded(path, source, opts.max_file_bytes), source, opts)
+
+
+def csv_records(raw: bytes, source: str, opts: ImportOptions) -> Iterator[Record]:
+    """The records of a bank CSV's bytes."""
+    text = decode(raw, source)
     delimiter, text = _excel_sep_line(text)
     table = find_table(text, source, opts.columns, delimiter)
     yield from _records(text, table, source)
@@ -161,7 +166,7 @@ def _records(text: str, table: Table, source: str) -> Iterator[Record]:
     date_like: dict[str, bool] = {}
     money_cols = [cols[r] for r in MONEY_ROLES if r in cols]
     for i, row in _data_rows(text, table, source):
-        if not any(c.strip() for c in row) or not _shaped(row, width, needed):
+        if not "".join(row).strip() or not _shaped(row, width, needed):
             continue
         d = row[cols["date"]].strip()
         if d not in date_like:
@@ -254,7 +259,7 @@ class _RowReader:
         return row[i].strip() if i is not None and i < len(row) else ""
 
     def read(self, row: list[str], line: int) -> Record | None:
-        if not any(c.strip() for c in row):
+        if not "".join(row).strip():
             return None
         if not _shaped(row, self.width, self.needed):
             self.problem(line, None, f"has {len(row)} fields where the header has {self.width}; fix the row's quoting")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from email import policy
+from email.errors import InvalidBase64LengthDefect
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -20,6 +21,7 @@ from typing import Any
 
 import html_text
 
+from jobs.imports.base64_runs import TOKEN, SetAside, set_aside
 from jobs.imports.records import EMAIL, ImportOptions, cap, content_digest, natural_id
 from jobs.kinds import KINDS
 from jobs.kinds.base import estimate_tokens
@@ -36,19 +38,39 @@ class _Policy(EmailPolicy):
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if name.lower() in _STRUCTURE_HEADERS:
-            return "".join(_FOLD.split(value))
+            return "".join(_FOLD.split(value)) if "\n" in value or "\r" in value else value
         return super().header_fetch_parse(name, value)
 
 
+class _Message(EmailMessage):
+    """A parsed message or part. The root of a message parsed with base64 runs set aside carries them.
+
+    The parser and the body's lookup ask each part for its content type over and over (15 times a
+    message, each a scan of its headers): a part remembers it. Headers are only ever added while
+    the part is parsed, so the answer is kept with the header count (and default type) it was for."""
+
+    set_aside: SetAside | None = None
+    _content_type: tuple[int, str, str] = (-1, "", "")
+
+    def get_content_type(self) -> str:
+        # Message's own attributes, read directly: this runs 15 times a message.
+        count, default, known = self._content_type
+        if count != len(self._headers) or default != self._default_type:  # type: ignore[attr-defined]
+            known = super().get_content_type()
+            self._content_type = (len(self._headers), self._default_type, known)  # type: ignore[attr-defined]
+        return known
+
+
 _STRUCTURE_HEADERS = {"content-type", "content-disposition", "content-transfer-encoding", "content-id"}
-_PARSER = BytesParser(policy=_Policy())
+_PARSER = BytesParser(policy=_Policy(message_factory=_Message))
 # Charsets that mail clients declare while sending Windows-1252 (curly quotes, euro sign): decoding
 # as cp1252 is what browsers and mail readers do too, and is the same for every byte they agree on.
 _AS_CP1252 = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "iso8859-1", "windows-1252", "cp1252"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b\u202a-\u202e\u2066-\u2069\ufeff]")
 _SPACES = re.compile(r"\s+")
 _BLANK_RUNS = re.compile(r"\n{3,}")
-_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+# Every ASCII character _CONTROL keeps.
+_ASCII_KEPT = bytes(c for c in range(128) if not _CONTROL.match(chr(c)))
 _FOLD = re.compile(r"\r\n|\n|\r")
 MAX_ATTACHMENTS = 100
 MAX_BODY_CHARS = next(m.max_length for m in Email.model_fields["body"].metadata if hasattr(m, "max_length"))
@@ -57,9 +79,21 @@ TRUNCATION_NOTE = (
 )
 
 
-def parse(raw: bytes) -> EmailMessage:
-    """A message parsed with the modern policy, from bytes whose line endings are made "\\n"."""
-    msg = _PARSER.parsebytes(raw.replace(b"\r\n", b"\n"))
+def parse(raw: bytes, runs_aside: bool = True) -> EmailMessage:
+    """A message parsed with the modern policy, from bytes whose line endings are made "\\n".
+
+    With `runs_aside`, long base64 runs are kept out of the parser (jobs.imports.base64_runs); the
+    record read from the message is the same either way."""
+    raw = raw.replace(b"\r\n", b"\n")
+    if runs_aside:
+        lighter, aside = set_aside(raw)
+        if aside is not None:
+            msg = _PARSER.parsebytes(lighter)
+            assert isinstance(msg, _Message)
+            if aside.all_in_base64_parts(msg):
+                msg.set_aside = aside
+                return msg
+    msg = _PARSER.parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     return msg
 
@@ -118,9 +152,10 @@ def cut_at_paragraph(text: str, max_bytes: int, max_chars: int) -> str:
     return head.rstrip()
 
 
-def message_fields(msg: EmailMessage) -> dict[str, Any]:
-    """The Email input of a message, body not yet fitted to the context."""
-    headers = _Headers(msg)
+def message_fields(msg: EmailMessage, cache: HeaderCache | None = None) -> dict[str, Any]:
+    """The Email input of a message, body not yet fitted to the context. `cache`: decoded headers,
+    shared by the messages of one import."""
+    headers = _Headers(msg, cache)
     body, attachments = body_and_attachments(msg)
     fields: dict[str, Any] = {
         "from": cap(headers.text("from") or headers.text("sender") or "(no From header)", 500),
@@ -136,9 +171,9 @@ def message_fields(msg: EmailMessage) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v not in (None, [])}
 
 
-def to_input(msg: EmailMessage, budget: BodyBudget) -> tuple[str, dict[str, Any]]:
+def to_input(msg: EmailMessage, budget: BodyBudget, cache: HeaderCache | None = None) -> tuple[str, dict[str, Any]]:
     """(the record's natural custom_id or a content hash, its Email input)."""
-    fields = message_fields(msg)
+    fields = message_fields(msg, cache)
     body, truncated = budget.fit(fields)
     fields["body"] = body
     if truncated:
@@ -155,32 +190,54 @@ class _Headers:
     policy's header objects; policy.default decodes what they cannot (unknown charsets,
     address lists they cannot split)."""
 
-    def __init__(self, msg: Message):
+    def __init__(self, msg: Message, cache: HeaderCache | None = None):
         self.raw: dict[str, str] = {}
         for name, value in msg.raw_items():
             self.raw.setdefault(name.lower(), value)
+        self.cache = cache
 
     def text(self, name: str) -> str | None:
         value = self.raw.get(name)
         if value is None:
             return None
-        value = "".join(_FOLD.split(str(value)))
-        if _SURROGATE.search(value):
-            b = value.encode("ascii", "surrogateescape")
+        value = str(value)
+        if value.isascii() and "=?" not in value and value.replace("\n", "").replace("\t", "").isprintable():
+            # Plain ASCII, nothing to decode (Message-ID, Date, most addresses): unfolded (a folded
+            # line goes on with a space or tab) and spaces collapsed, as _header_text would.
+            return " ".join(value.split()) or None
+        if self.cache is None or len(value) > 1000:
+            return _header_text(name, value)
+        # Senders and recipients come back message after message in one mailbox: decoded once each.
+        key = (name, value)
+        if key not in self.cache:
+            if len(self.cache) >= 10_000:
+                self.cache.clear()
+            self.cache[key] = _header_text(name, value)
+        return self.cache[key]
+
+
+HeaderCache = dict[tuple[str, str], str | None]
+
+
+def _header_text(name: str, value: str) -> str | None:
+    """A header's value as text: unfolded, decoded, without control characters."""
+    value = "".join(_FOLD.split(value))
+    if _SURROGATE.search(value):
+        b = value.encode("ascii", "surrogateescape")
+        try:
+            value = b.decode("utf-8")
+        except UnicodeDecodeError:
+            value = b.decode("cp1252", "replace")
+    if "=?" in value:
+        try:
+            value = _addresses(value) if name in _ADDRESS_HEADERS else _decode_words(value)
+        except Exception:  # a charset Python does not know, a list it cannot split
             try:
-                value = b.decode("utf-8")
-            except UnicodeDecodeError:
-                value = b.decode("cp1252", "replace")
-        if "=?" in value:
-            try:
-                value = _addresses(value) if name in _ADDRESS_HEADERS else _decode_words(value)
-            except Exception:  # a charset Python does not know, a list it cannot split
-                try:
-                    value = str(policy.default.header_factory(name, value))
-                except Exception:
-                    pass  # kept as it was sent
-        value = _SPACES.sub(" ", _CONTROL.sub("", value)).strip()
-        return value or None
+                value = str(policy.default.header_factory(name, value))
+            except Exception:
+                pass  # kept as it was sent
+    value = _SPACES.sub(" ", _CONTROL.sub("", value)).strip()
+    return value or None
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -239,16 +296,17 @@ def body_and_attachments(msg: EmailMessage) -> tuple[str, list[dict[str, Any]]]:
     """The text of the message (plain text, else HTML made text) and its other parts as
     {name, type, size}. Parts that are another rendering of the body (the HTML alternative, the
     images an HTML body shows inline) are neither."""
+    aside = getattr(msg, "set_aside", None)
     top = _first_body_part(msg)
     body_part = top.get_body(preferencelist=("plain", "html")) if top is not None else None
-    text = part_text(body_part) if body_part is not None else ""
+    text = part_text(body_part, aside) if body_part is not None else ""
     if top is not None and not text.strip() and body_part is not None and body_part.get_content_type() == "text/plain":
         html = top.get_body(preferencelist=("html",))
         if html is not None:
-            body_part, text = html, part_text(html)
+            body_part, text = html, part_text(html, aside)
     extra: list[str] = []
     attachments: list[dict[str, Any]] = []
-    _scan(msg, body_part, False, extra, attachments)
+    _scan(msg, body_part, False, extra, attachments, aside)
     text = "\n\n".join(t for t in [text, *extra] if t.strip())
     return tidy(text), attachments[:MAX_ATTACHMENTS]
 
@@ -269,13 +327,15 @@ def _first_body_part(part: Any) -> Any:
     return part
 
 
-def _scan(part: Any, body: Any, in_related: bool, extra: list[str], out: list[dict[str, Any]]) -> bool:
+def _scan(
+    part: Any, body: Any, in_related: bool, extra: list[str], out: list[dict[str, Any]], aside: SetAside | None
+) -> bool:
     """Walk the parts; True when `body` lies inside this one."""
     if part is body:
         return True
     ctype = part.get_content_type()
     if ctype == "message/rfc822":  # a forwarded message: listed, not opened
-        out.append(_attachment(part, ctype))
+        out.append(_attachment(part, ctype, aside))
         return False
     if part.is_multipart():
         found = False
@@ -285,16 +345,16 @@ def _scan(part: Any, body: Any, in_related: bool, extra: list[str], out: list[di
         if ctype == "multipart/alternative" and any(_holds(ch, body) for ch in children):
             return True
         for ch in children:
-            found = _scan(ch, body, related, extra, out) or found
+            found = _scan(ch, body, related, extra, out, aside) or found
         return found
     disposition = part.get_content_disposition()
     name = part.get_filename()
     if in_related and part.get("content-id") and disposition != "attachment":
         return False  # an inline image of an HTML body
     if ctype == "text/plain" and not name and disposition != "attachment":
-        extra.append(part_text(part))  # e.g. a mailing list's footer in its own part
+        extra.append(part_text(part, aside))  # e.g. a mailing list's footer in its own part
         return False
-    out.append(_attachment(part, ctype))
+    out.append(_attachment(part, ctype, aside))
     return False
 
 
@@ -306,7 +366,7 @@ def _holds(part: Any, body: Any) -> bool:
     return False
 
 
-def _attachment(part: Any, ctype: str) -> dict[str, Any]:
+def _attachment(part: Any, ctype: str, aside: SetAside | None) -> dict[str, Any]:
     try:
         name = part.get_filename()
     except Exception:
@@ -314,10 +374,15 @@ def _attachment(part: Any, ctype: str) -> dict[str, Any]:
     size = 0
     try:
         if ctype == "message/rfc822":
-            size = len(part.get_payload(0).as_bytes())
+            data = part.get_payload(0).as_bytes()
+            size = len(data) + (aside.raw_extra(data) if aside else 0)
         else:
+            # Decoded for its size (and for the defects that tell a cut-off file), its runs left out.
             payload = part.get_payload(decode=True)
             size = len(payload) if payload else 0
+            if aside and size:
+                broken = any(isinstance(d, InvalidBase64LengthDefect) for d in part.defects)
+                size += aside.decoded_extra(part.get_payload(), decoded=not broken)
     except Exception:  # a malformed part still gets listed, with size 0
         pass
     item: dict[str, Any] = {"type": cap(ctype, 200), "size": size}
@@ -326,23 +391,39 @@ def _attachment(part: Any, ctype: str) -> dict[str, Any]:
     return item
 
 
-def part_text(part: Any) -> str:
+def part_text(part: Any, aside: SetAside | None = None) -> str:
     """A text part decoded (declared charset, else UTF-8, else Windows-1252); HTML made plain text."""
     try:
+        if aside is not None:
+            raw = part.get_payload()
+            if isinstance(raw, str) and TOKEN in raw:
+                part.set_payload(aside.restore(raw))  # its runs back, before decoding
         payload = part.get_payload(decode=True)
     except Exception:
         payload = None
     if not payload:
         return ""
-    charset = (part.get_content_charset() or "").lower()
-    text = _decode(payload, charset)
-    params = part.get_params() or []
-    if dict((k.lower(), v.lower()) for k, v in params if isinstance(v, str)).get("format") == "flowed":
-        delsp = any(k.lower() == "delsp" and str(v).lower() == "yes" for k, v in params)
-        text = unflow(text, delsp)
+    params: dict[str, Any] = {}
+    for k, v in (part.get_params() or [])[1:]:  # read once: each read parses the header again
+        params.setdefault(k.lower(), v)
+    text = _decode(payload, _charset(params.get("charset")))
+    if str(params.get("format", "")).lower() == "flowed":
+        text = unflow(text, str(params.get("delsp", "")).lower() == "yes")
     if part.get_content_type() == "text/html":
         text = html_to_text(text)
     return text
+
+
+def _charset(value: Any) -> str:
+    """A charset parameter as Message.get_content_charset() reads it (RFC 2231 form too), lowercased."""
+    if isinstance(value, tuple):  # (charset, language, value)
+        try:
+            value = value[2].encode("raw-unicode-escape").decode(value[0] or "us-ascii")
+        except (LookupError, UnicodeError):
+            value = value[2]
+    if not isinstance(value, str) or not value.isascii():
+        return ""
+    return value.lower()
 
 
 def _decode(payload: bytes, charset: str) -> str:
@@ -389,6 +470,11 @@ def tidy(text: str) -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.isascii() and not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
-    text = _CONTROL.sub("", text)
-    text = _TRAILING_SPACE.sub("\n", text)
-    return _BLANK_RUNS.sub("\n\n", text).strip()
+    # Each step runs only where there is something to change: most bodies need few of them.
+    if _CONTROL.search(text) if not text.isascii() else text.encode().translate(None, _ASCII_KEPT):
+        text = _CONTROL.sub("", text)
+    if " \n" in text or "\t\n" in text:
+        text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()

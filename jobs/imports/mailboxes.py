@@ -9,17 +9,20 @@ with its date) starts a message, and ">From " lines lose one ">".
 
 from __future__ import annotations
 
+import io
+import os
 import re
 from collections.abc import Iterable, Iterator
 from email import errors as email_errors
 from email.message import EmailMessage
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from jobs.imports import pool
 from jobs.imports.detect import looks_like_message
-from jobs.imports.mail import BodyBudget, parse, to_input
+from jobs.imports.mail import BodyBudget, HeaderCache, parse, to_input
 from jobs.imports.reading import fail, folder_files, nul_at, open_bounded, read_bounded, where_in
-from jobs.imports.records import EMAIL, IdKeeper, ImportOptions, Record, content_digest
+from jobs.imports.records import EMAIL, IdKeeper, ImportOptions, Record
 from jobs.parse import InputError, Problem
 
 _BLOCK = 1 << 20
@@ -37,27 +40,46 @@ CUT_OFF = "ends in the middle of the message ({why}); the file looks cut off: ex
 
 def read_mbox(path: Path, source: str, opts: ImportOptions) -> Iterator[Record]:
     with open_bounded(path, source, opts.max_file_bytes) as f:
-        yield from _records(_mbox_messages(f, source), source, opts)
+        size = os.stat(path).st_size  # opened: a regular file of at most the limit
+        yield from _records(_mbox_messages(f, source), source, opts, size)
+
+
+def mbox_records(raw: bytes, source: str, opts: ImportOptions) -> Iterator[Record]:
+    """The records of an mbox's bytes (stdin)."""
+    return _records(_mbox_messages(io.BytesIO(raw), source), source, opts, len(raw))
+
+
+def eml_records(raw: bytes, source: str, opts: ImportOptions) -> Iterator[Record]:
+    """The record of one message's bytes (stdin)."""
+    _check_message(raw, source)
+    return _records([(source, raw, False)], source, opts, 0)
 
 
 def read_maildir(path: Path, source: str, opts: ImportOptions) -> Iterator[Record]:
     files = folder_files(path, source, ("cur", "new"), None, opts.max_file_bytes)
     if not files:
         raise fail(source, "the Maildir has no messages in cur/ or new/")
-    yield from _records(_files(path, source, files, opts), source, opts)
+    yield from _records(_files(path, source, files, opts), source, opts, _total_size(files))
 
 
 def read_eml_dir(path: Path, source: str, opts: ImportOptions) -> Iterator[Record]:
     files = folder_files(path, source, None, ".eml", opts.max_file_bytes)
     if not files:
         raise fail(source, "the folder has no .eml files")
-    yield from _records(_files(path, source, files, opts), source, opts)
+    yield from _records(_files(path, source, files, opts), source, opts, _total_size(files))
 
 
 def read_eml(path: Path, source: str, opts: ImportOptions) -> Iterator[Record]:
     raw = read_bounded(path, source, opts.max_file_bytes)
     _check_message(raw, source)
-    yield from _records([(source, raw, False)], source, opts)
+    yield from _records([(source, raw, False)], source, opts, 0)
+
+
+def _total_size(files: list[Path]) -> int:
+    try:
+        return sum(os.stat(p).st_size for p in files)
+    except OSError:
+        return 0  # reported, located, when the file is read
 
 
 def _files(folder: Path, source: str, files: list[Path], opts: ImportOptions) -> Iterator[tuple[str, bytes, bool]]:
@@ -156,42 +178,104 @@ def _message_bytes(parts: list[bytes]) -> bytes:
     return raw
 
 
-def _records(messages: Iterable[tuple[str, bytes, bool]], source: str, opts: ImportOptions) -> Iterator[Record]:
-    budget = BodyBudget(opts)
+def _records(
+    messages: Iterable[tuple[str, bytes, bool]], source: str, opts: ImportOptions, size: int
+) -> Iterator[Record]:
+    """The records of the messages, in order. A large mailbox is parsed by worker processes (parsing
+    is most of an import's time, and CPU-bound Python), while this process splits it and keeps
+    the ids; the same records either way."""
+    numbered = ((origin, raw, last, n) for n, (origin, raw, last) in enumerate(messages, 1))
+    workers = pool.workers_for(size)
+    if workers:
+        chunks = pool.ordered_map(_read_chunk, _chunks(numbered), workers, _start_reader, (source, opts))
+        read: Iterator[Read] = (item for chunk in chunks for item in chunk)
+    else:
+        reader = Reader(source, opts)
+        read = (reader.read(*m) for m in numbered)
     ids = IdKeeper()
-    n = 0
-    for origin, raw, last in messages:
-        n += 1
+    try:
+        for origin, cid, fields in read:
+            if fields is None:  # an unreadable message: (where, what is wrong, None)
+                raise InputError(source, [Problem(origin, cid)])
+            final = ids.mail_id(cid, fields)
+            if final is not None:
+                yield Record(custom_id=final, family=EMAIL, input=fields, origin=origin)
+    finally:
+        if workers:
+            chunks.close()  # the workers stop now, not when the error that ended the import is let go
+
+
+# (origin, custom_id, input), or for a message that cannot be read (where, message, None).
+Read = tuple[str, str, dict[str, Any] | None]
+CHUNK_BYTES = 1 << 19
+CHUNK_MESSAGES = 200
+
+
+class Reader:
+    """Reads one message at a time into (origin, custom_id, input), with what the messages of one
+    import share: the body budget and the decoded headers."""
+
+    def __init__(self, source: str, opts: ImportOptions):
+        self.source = source
+        self.budget = BodyBudget(opts)
+        self.headers: HeaderCache = {}
+
+    def read(self, origin: str, raw: bytes, last: bool, n: int) -> Read:
+        where = f"{origin}: message {n}"
         try:
             msg = parse(raw)
-            cid, fields = to_input(msg, budget)
-        except InputError:
-            raise
+            cid, fields = to_input(msg, self.budget, self.headers)
+        except InputError as e:
+            return where, "; ".join(p.message for p in e.problems), None
         except Exception as e:  # the parser recovers from nearly anything; say which message it did not
-            raise InputError(
-                source,
-                [Problem(f"{origin}: message {n}", f"cannot be read as an email ({type(e).__name__}); remove it")],
-            ) from e
+            return where, f"cannot be read as an email ({type(e).__name__}); remove it", None
         if last:
-            _check_complete(msg, raw, origin, n, source)
-        final = ids.mail_id(cid, content_digest(fields))
-        if final is not None:
-            yield Record(custom_id=final, family=EMAIL, input=fields, origin=origin)
+            cut = _cut_off(msg, raw)
+            if cut:
+                return where, CUT_OFF.format(why=cut), None
+        return origin, cid, fields
 
 
-def _check_complete(msg: EmailMessage, raw: bytes, origin: str, n: int, source: str) -> None:
-    """An mbox cut short (a copy or download that stopped) shows in its last message: headers
-    with no body after them, a MIME part without its closing boundary, base64 cut mid-group,
-    or a last line without its newline."""
-    why = None
+def _chunks(numbered: Iterable[tuple[str, bytes, bool, int]]) -> Iterator[list[tuple[str, bytes, bool, int]]]:
+    chunk: list[tuple[str, bytes, bool, int]] = []
+    size = 0
+    for m in numbered:
+        chunk.append(m)
+        size += len(m[1])
+        if size >= CHUNK_BYTES or len(chunk) >= CHUNK_MESSAGES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+_READER: Reader | None = None  # a worker process's
+
+
+def _start_reader(source: str, opts: ImportOptions) -> None:
+    global _READER
+    _READER = Reader(source, opts)
+
+
+def _read_chunk(chunk: list[tuple[str, bytes, bool, int]]) -> list[Read]:
+    assert _READER is not None
+    out = []
+    for m in chunk:
+        out.append(_READER.read(*m))
+        if out[-1][2] is None:
+            break  # the import stops at this message
+    return out
+
+
+def _cut_off(msg: EmailMessage, raw: bytes) -> str | None:
+    """Why the last message of an mbox looks cut short (a copy or download that stopped), if it
+    does: headers with no body after them, a MIME part without its closing boundary, base64 cut
+    mid-group, or a last line without its newline."""
     if not raw.endswith(b"\n"):
-        why = "its last line has no line ending"
-    elif b"\n\n" not in raw.replace(b"\r\n", b"\n"):
-        why = "its headers are not followed by a body"
-    else:
-        for part in msg.walk():
-            if any(isinstance(d, _CUT_DEFECTS) for d in part.defects):
-                why = "a MIME part has no closing boundary or its attachment data is cut"
-                break
-    if why:
-        raise InputError(source, [Problem(f"{origin}: message {n}", CUT_OFF.format(why=why))])
+        return "its last line has no line ending"
+    if b"\n\n" not in raw.replace(b"\r\n", b"\n"):
+        return "its headers are not followed by a body"
+    for part in msg.walk():
+        if any(isinstance(d, _CUT_DEFECTS) for d in part.defects):
+            return "a MIME part has no closing boundary or its attachment data is cut"
+    return None

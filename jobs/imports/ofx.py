@@ -35,7 +35,11 @@ _ACCOUNT_TYPES = {
 
 
 def read_ofx(path: Path, source: str, opts: ImportOptions) -> Iterator[Record]:
-    raw = read_bounded(path, source, opts.max_file_bytes)
+    return ofx_records(read_bounded(path, source, opts.max_file_bytes), source)
+
+
+def ofx_records(raw: bytes, source: str) -> Iterator[Record]:
+    """The records of an OFX/QFX file's bytes (checked before the first is yielded)."""
     tree = OFXTree()
     try:
         tree.parse(io.BytesIO(raw))

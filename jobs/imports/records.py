@@ -60,11 +60,8 @@ class ImportOptions:
 
 def digest(*parts: str) -> str:
     """A short, stable hash of some text parts (hex, 96 bits: no collision in any real mailbox)."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    return h.hexdigest()[:24]
+    # Each part then a unit separator, hashed in one call.
+    return hashlib.sha256("".join(p + "\x1f" for p in parts).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def content_digest(data: dict[str, Any]) -> str:
@@ -78,6 +75,8 @@ def natural_id(value: str | None) -> str | None:
     value = value.strip()
     if not value or len(value) > MAX_NATURAL_ID:
         return None
+    if value.isascii() and value.isprintable():
+        return value  # most ids: no ASCII character is a format or separator character
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
         return None
     return value
@@ -93,25 +92,26 @@ class IdKeeper:
     Message-ID (a broken mailer) get a content hash after the second one's id.
     """
 
-    seen: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    mails: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def occurrence(self, key: str) -> int:
-        n = int(self.seen.get(key, "0")) + 1
-        self.seen[key] = str(n)
+        n = self.seen.get(key, 0) + 1
+        self.seen[key] = n
         return n
 
-    def mail_id(self, natural: str, content: str) -> str | None:
-        """The id for a message, or None when this exact message was already imported."""
-        first = self.seen.get(natural)
+    def mail_id(self, natural: str, fields: dict[str, Any]) -> str | None:
+        """The id for a message (its input `fields`), or None when this exact message was already imported."""
+        first = self.mails.get(natural)
         if first is None:
-            self.seen[natural] = content
+            self.mails[natural] = fields
             return natural
-        if first == content:
+        if first == fields:
             return None
-        alt = f"{natural}#{content[:12]}"
-        if alt in self.seen:
+        alt = f"{natural}#{content_digest(fields)[:12]}"
+        if alt in self.mails:
             return None
-        self.seen[alt] = content
+        self.mails[alt] = fields
         return alt
 
 

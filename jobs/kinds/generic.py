@@ -72,9 +72,16 @@ def _place(field: str, where: str) -> str:
     return "/".join(p for p in (field, where) if p) or "(root)"
 
 
+class ChatOptions(Strict):
+    """What jobctl may change in a raw chat body: room to answer (`jobctl retry --options`)."""
+
+    max_tokens: int | None = Field(default=None, ge=1, le=131072)
+
+
 class Chat(Kind):
     name = "chat"
     input_model = ChatBody
+    options_model = ChatOptions
     max_tokens = 1024
 
     def request(self, data: Any, options: Any, style: str) -> dict[str, Any]:
@@ -82,7 +89,11 @@ class Chat(Kind):
         body.pop("model", None)
         for f in FORBIDDEN_CHAT_FIELDS:
             body.pop(f, None)
-        if "max_tokens" not in body and "max_completion_tokens" not in body:
+        if getattr(options, "max_tokens", None):
+            # An answer cut off at max_tokens says to raise it: the options' value wins over the body's.
+            body.pop("max_completion_tokens", None)
+            body["max_tokens"] = options.max_tokens
+        elif "max_tokens" not in body and "max_completion_tokens" not in body:
             body["max_tokens"] = self.max_tokens
         return body
 

@@ -237,7 +237,7 @@ class Batch:
             dict(counts),
             header.get("name"),
             dict(header.get("metadata") or {}),
-            max(ended) if ended and not pending else None,
+            max([created, *ended]) if not pending else None,  # duplicates of old tasks ended before it
             usage,
             gpu,
             cost,
@@ -457,6 +457,10 @@ def list_batches(
             for bid in ids:
                 p.hmget(keys.batch(bid), "key_id", "created_at")
             rows = p.execute()
+        gone = [bid for bid, (key_id, created) in zip(ids, rows, strict=True) if key_id is None and created is None]
+        if gone:
+            connection.zrem(keys.BATCHES_INDEX, *gone)  # expired with their results: drop them from the index
+            start -= len(gone)
         for bid, (key_id, created) in zip(ids, rows, strict=True):
             if key_id is None or keys.text(key_id) != cipher.key_id:
                 continue

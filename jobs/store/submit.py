@@ -92,6 +92,34 @@ class SubmitResult:
         }
 
 
+# OpenAI's batch metadata limits, and a name short enough to read in a listing.
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE, MAX_NAME = 16, 64, 512, 512
+
+
+def check_batch_info(name: str | None, metadata: dict[str, str] | None) -> None:
+    """A batch's name and metadata within their limits; InputError (nothing submitted) otherwise."""
+    from jobs.parse import InputError
+
+    problems = []
+    if name is not None and not 0 < len(name) <= MAX_NAME:
+        problems.append(Problem("name", f"must be 1 to {MAX_NAME} characters"))
+    meta = metadata or {}
+    if len(meta) > MAX_METADATA_PAIRS:
+        problems.append(Problem("metadata", f"has {len(meta)} pairs; at most {MAX_METADATA_PAIRS} (OpenAI's limit)"))
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            problems.append(Problem("metadata", "keys and values must be strings"))
+        elif not 0 < len(k) <= MAX_METADATA_KEY or len(v) > MAX_METADATA_VALUE:
+            problems.append(
+                Problem(
+                    f"metadata: {k[:40]!r}",
+                    f"keys are 1 to {MAX_METADATA_KEY} characters, values at most {MAX_METADATA_VALUE}",
+                )
+            )
+    if problems:
+        raise InputError("batch", problems)
+
+
 def new_batch_id() -> str:
     return "batch_" + uuid.uuid4().hex[:20]
 
@@ -178,6 +206,7 @@ def submit(
 ) -> SubmitResult:
     """Stage, seal and publish one batch. Raises ConflictError (nothing submitted) for changed content."""
     rejected = rejected or []
+    check_batch_info(name, metadata)
     check_queue_key(conn, cipher, queue)
     scripts = Scripts(conn)
     batch_id = new_batch_id()

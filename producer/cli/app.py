@@ -16,6 +16,7 @@ on stderr: {"error": {"message": ..., "exit_code": ...}}.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import redis
@@ -71,6 +72,15 @@ class Exit(click.ClickException):
 class JobctlGroup(click.Group):
     """Turns whatever a command raises into an Exit: a message and an exit code, never a traceback."""
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        # `jobctl --help | head -1`: the group's own --help and --version print while its context is made.
+        try:
+            return super().make_context(*args, **kwargs)
+        except OSError as e:
+            if e.errno == errno.EPIPE:
+                raise PipeClosed from None
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -78,17 +88,35 @@ class JobctlGroup(click.Group):
             raise
         except KeyboardInterrupt as e:
             raise Exit("interrupted", INTERRUPTED) from e
-        except BrokenPipeError:
-            raise
         except Exception as e:
-            if isinstance(e, OSError) and e.errno == 32:
-                raise
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                # Past click, whose own handler would make a closed pipe exit 1.
+                raise PipeClosed from None
             if STATE.debug:
                 raise
-            from jobs.redact import redact_text
-
             message, code = _message_for(e)
-            raise Exit(redact_text(message), code) from e
+            raise Exit(redact(message), code) from e
+
+
+class PipeClosed(Exception):
+    """stdout's reader went away (`jobctl results B --json | head -1`): a quiet exit 0."""
+
+
+# Hints that show where a password goes; redact_text would mask them as if they held one.
+_HINT_URLS = ("redis://:PASSWORD@host:6379/0", "redis://[USER]:PASSWORD@HOST:PORT/DB")
+
+
+def redact(message: str) -> str:
+    """`message` with credentials in URLs hidden, and the placeholder URLs of hints kept."""
+    from jobs.redact import redact_text
+
+    held = {f"\x00{i}\x00": hint for i, hint in enumerate(_HINT_URLS) if hint in message}
+    for token, hint in held.items():
+        message = message.replace(hint, token)
+    message = redact_text(message)
+    for token, hint in held.items():
+        message = message.replace(token, hint)
+    return message
 
 
 def finish(code: int) -> None:
@@ -234,6 +262,9 @@ def cli(
 # -- running a command ------------------------------------------------------------------------------
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _message_for(e: BaseException) -> tuple[str, int]:
     from jobs.connection import redis_problem
 
@@ -242,49 +273,82 @@ def _message_for(e: BaseException) -> tuple[str, int]:
     if isinstance(e, TimeoutError) and isinstance(e, JobctlError):
         return str(e), TIMED_OUT
     if isinstance(e, JobctlError):
+        cause = e.__cause__
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            return f"{e}; free some space, or write elsewhere", FAILED
         return str(e), FAILED
     if isinstance(e, redis.RedisError):
         settings = STATE.settings or Settings.model_construct(redis_url=None, home=Path("~/.local/share/jobctl"))
         return str(redis_problem(e, settings)), FAILED
     if isinstance(e, OSError):
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        return f"cannot read or write{where}: {e.strerror or type(e).__name__}", FAILED
+        return _os_message(e), FAILED
     return (
         f"internal error ({type(e).__name__}); run again with --debug to see the traceback, and please report it",
         FAILED,
     )
 
 
+def _os_message(e: OSError) -> str:
+    # Without a file name, the failing write was to stdout (`jobctl results B > out` on a full disk).
+    where = str(e.filename) if getattr(e, "filename", None) else "the output"
+    if e.errno in _DISK_FULL:
+        return f"cannot write {where}: {e.strerror}; free some space, or write elsewhere"
+    return f"cannot read or write {where}: {e.strerror or type(e).__name__}"
+
+
+def _wants_json(args: list[str]) -> bool:
+    """--json among the arguments: a usage error found before click read it is still shown as JSON."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `jobctl` entry point: runs the group and turns every failure into a message and an exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
     STATE.json = STATE.debug = False
     STATE.notice_shown = False
     STATE.settings = None
     try:
-        cli.main(args=argv, prog_name="jobctl", standalone_mode=False)
-        sys.stdout.flush()
+        # Not standalone: click would print its own errors, and exit 1 on a closed pipe. A command that
+        # ends with finish(code) makes click return that code.
+        code = cli.main(args=args, prog_name="jobctl", standalone_mode=False)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        if not isinstance(e, Exit) and (STATE.json or _wants_json(args)):
+            STATE.json = True
+            message = e.format_message()
+            if isinstance(e, click.UsageError) and e.ctx is not None:
+                message += f" (see `{e.ctx.command_path} --help`)"  # what click's plain text says too
+            e = Exit(message, e.exit_code)
+        _exit(e.exit_code, e)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        _exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        Exit("interrupted", INTERRUPTED).show()
-        sys.exit(INTERRUPTED)
-    except BrokenPipeError:
-        _quiet_pipe()
+        _exit(INTERRUPTED, Exit("interrupted", INTERRUPTED))
+    except PipeClosed:
+        _drop_stdout()
+        sys.exit(OK)
+    _exit(code if isinstance(code, int) else OK)
+
+
+def _exit(code: int, error: click.ClickException | None = None) -> NoReturn:
+    """Flush stdout, show the error (after the output that came before it), exit with `code`."""
+    try:
+        sys.stdout.flush()
     except OSError as e:
-        if e.errno != 32:  # EPIPE
-            raise
-        _quiet_pipe()
-    sys.exit(OK)
+        _drop_stdout()
+        # A reader that went away (EPIPE) is no failure of ours; a full disk is.
+        if e.errno != errno.EPIPE and error is None:
+            error, code = Exit(_os_message(e)), FAILED
+    if error is not None:
+        error.show()
+    sys.exit(code)
 
 
-def _quiet_pipe() -> None:
-    # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+def _drop_stdout() -> None:
+    # stdout takes no more (its reader went away, or the disk is full): send what is left in its buffer
+    # to /dev/null, so Python does not complain when it flushes at exit.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(OK)
+    os.close(devnull)
 
 
 cli.help = (cli.help or "") + "\n\nEnvironment variables: " + ", ".join(Settings.env_vars().values()) + "."

@@ -16,6 +16,8 @@ from producer.cli.app import OK, TASKS_FAILED, Ctx, cli, echo_json, finish, json
 STATUSES = ("in_progress", "completed", "failed", "cancelling", "cancelled")
 # A queue with work that no worker has drained for this long gets a notice while waiting.
 IDLE_NOTICE_SECONDS = 60.0
+# How often `wait` reads the batch, and the longest pause between reads while Redis is away.
+WAIT_POLL_SECONDS = 1.0
 
 
 def queue_notes(client: Any, queue: str) -> list[str]:
@@ -121,6 +123,11 @@ def results(
     cols = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
     if cols and fmt != "csv":
         raise click.BadParameter("only with --format csv", param_hint="--fields")
+    if out:
+        _check_target(out, "-o")
+        if fmt != "csv":
+            errors = errors or out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
+            _check_target(errors, "--errors")
     outcomes = client.results(batch)
     if fmt == "csv":
         from producer.export import write_csv
@@ -133,19 +140,48 @@ def results(
         else:
             write_csv(rows, sys.stdout, cols)
         return
-    if out:
-        errors = errors or out.with_name(out.name.removesuffix(".jsonl") + ".errors.jsonl")
-        n_ok = n_bad = 0
-        with write_private(out) as ok_f, write_private(errors) as err_f:
+    if out and errors:
+        # One file after the other, the errors kept aside meanwhile: a write that fails (a full disk)
+        # leaves both files as they were, not a new errors file beside the old results.
+        n_ok, failures = 0, []
+        with write_private(out) as ok_f:
             for o in outcomes:
-                (ok_f if o.ok else err_f).write(json.dumps(o.line(), ensure_ascii=False) + "\n")
-                n_ok, n_bad = n_ok + o.ok, n_bad + (not o.ok)
-        click.echo(f"jobctl: wrote {n_ok} results to {out} and {n_bad} errors to {errors}", err=True)
+                if o.ok:
+                    ok_f.write(json.dumps(o.line(), ensure_ascii=False) + "\n")
+                    n_ok += 1
+                else:
+                    failures.append(json.dumps(o.line(), ensure_ascii=False) + "\n")
+        with write_private(errors) as err_f:
+            err_f.writelines(failures)
+        click.echo(f"jobctl: wrote {n_ok} results to {out} and {len(failures)} errors to {errors}", err=True)
     elif fmt == "jsonl":
         for o in outcomes:
             click.echo(json.dumps(o.line(), ensure_ascii=False))
     else:
         output.results_rows(outcomes)
+
+
+# Folders of devices and kernel files: -o never renames a file into these (/dev/stdout, /dev/fd/1...).
+_SYSTEM_FOLDERS = ("/dev", "/proc", "/sys")
+
+
+def _check_target(path: Path, option: str) -> None:
+    """-o writes a new file beside `path` and renames it over `path`: right for a file, but a device, a
+    FIFO, or /dev/stdout (a symlink in /dev) must not be replaced, which root could do."""
+    import os
+    import stat
+
+    folder = os.path.realpath(path.parent)
+    system = any(folder == d or folder.startswith(d + "/") for d in _SYSTEM_FOLDERS)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        regular = True  # nothing there yet, or a folder we cannot read: writing says what is wrong
+    if system or not regular:
+        raise click.BadParameter(
+            f"{path} is a device or a system file; name a regular file, or leave -o out to print the results",
+            param_hint=option,
+        )
 
 
 class _Watch:
@@ -177,7 +213,14 @@ def wait_for_batch(client: Any, batch_id: str, timeout: float | None, quiet: boo
             for note in watch.notes(st):
                 progress.note(note)
 
-        st = client.wait(batch_id, timeout=timeout, on_progress=on_progress)
+        st = client.wait(
+            batch_id,
+            timeout,
+            WAIT_POLL_SECONDS,
+            on_progress=on_progress,
+            on_note=lambda m: progress.note(f"{m} (Ctrl-C stops)"),
+            note_every=progress.every,
+        )
     bad = st.failed  # failed, expired or missing; cancelled tasks were asked for, not failures
     if quiet:
         echo_json(st.as_dict())

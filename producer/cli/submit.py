@@ -16,8 +16,6 @@ from producer.cli.app import (
 )
 from producer.safe_text import visible
 
-MAX_METADATA = 16  # OpenAI's batch metadata limit
-
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Replace an existing key file (results sealed with it become unreadable).")
@@ -38,7 +36,8 @@ def keygen(obj: Ctx, force: bool, if_missing: bool, show: bool, as_json: bool) -
         key = generate_key()
         echo_json({"key": key}) if as_json else click.echo(key)
         return
-    path = obj.settings().default_key_file
+    settings = obj.settings()
+    path = settings.default_key_file
     if if_missing and path.exists():
         echo_json({"key_file": str(path), "created": False}) if as_json else err(f"key file exists: {path}")
         return
@@ -47,23 +46,28 @@ def keygen(obj: Ctx, force: bool, if_missing: bool, show: bool, as_json: bool) -
         echo_json({"key_file": str(path), "created": True, "key_id": Cipher(key).key_id})
     else:
         err(f"wrote a new key to {path}; back it up, and give it to your workers (JOBCTL_KEY)")
+    if settings.key is not None:
+        # JOBCTL_KEY wins over the key file: without this, the new key would silently go unused.
+        err(f"JOBCTL_KEY is set and is used instead of {path}; unset it to use the new key")
 
 
 def _metadata(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    """`--metadata key=value` pairs as a dict (their limits are checked where every submit is: the store)."""
     if not pairs:
         return None
-    if len(pairs) > MAX_METADATA:
-        raise click.BadParameter(f"at most {MAX_METADATA} pairs (OpenAI's limit)", param_hint="--metadata")
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--metadata")
-        if len(key) > 64 or len(value) > 512:
-            raise click.BadParameter(
-                "keys are at most 64 characters, values 512 (OpenAI's limits)", param_hint="--metadata"
-            )
         out[key.strip()] = value
+    from jobs.parse import InputError
+    from jobs.store.submit import check_batch_info
+
+    try:
+        check_batch_info(None, out)
+    except InputError as e:
+        raise click.BadParameter("; ".join(p.message for p in e.problems), param_hint="--metadata") from e
     return out
 
 
