@@ -3,8 +3,8 @@
 Against an instant fake OpenAI server (a subprocess on the same cores):
   - submit: a 10,000-task file validated, encrypted, staged and published (tasks/s), and RQ's bare
     enqueue_many of the same count
-  - drain: `jobctl worker --burst` at --concurrency (jobs/s, CPU ms per job), once per HTTP transport:
-    the SDK's aiohttp client (the default) and the sharded httpx pool (JOBCTL_HTTP_CLIENT=httpx)
+  - drain: `jobctl worker --burst` at --concurrency (jobs/s, CPU ms per job), over the SDK's aiohttp client
+    (docs/BENCHMARKS.md has the run that compared it with the hand-made sharded httpx pool it replaced)
   - blast: the same requests fired with AsyncOpenAI at the same concurrency, no Redis (req/s, CPU ms/request)
   - `rq worker -w worker.rq_worker.TaskWorker` (the README's plain RQ worker) on the same jobs, one at a time
 
@@ -89,20 +89,17 @@ def main() -> None:
         out["submit"] = submit_bench(settings, conn, a.submit_tasks)
 
         worker = [sys.executable, "-m", "producer.cli", "worker", "--burst", "--json", "-c", str(a.concurrency)]
-        for transport in ("aiohttp", "httpx"):
-            tenv = {**env, "JOBCTL_HTTP_CLIENT": transport}
-            idle = run_timed(worker, tenv)  # start-up cost alone (imports, connections), subtracted below
-            fill(settings, conn, a.tasks, "d" + transport)
-            t = run_timed(worker, tenv)
-            rep = json.loads(t.stdout)
-            assert rep["done"] == a.tasks, rep
-            out["drain" if transport == "aiohttp" else "drain_httpx"] = {
-                "transport": transport,
-                "jobs": rep["done"],
-                "jobs_per_s": rep["jobs_per_second"],
-                "cpu_ms_per_job": round(1000 * (t.cpu - idle.cpu) / a.tasks, 3),
-                "startup_cpu_s": round(idle.cpu, 2),
-            }
+        idle = run_timed(worker, env)  # start-up cost alone (imports, connections), subtracted below
+        fill(settings, conn, a.tasks, "d")
+        t = run_timed(worker, env)
+        rep = json.loads(t.stdout)
+        assert rep["done"] == a.tasks, rep
+        out["drain"] = {
+            "jobs": rep["done"],
+            "jobs_per_s": rep["jobs_per_second"],
+            "cpu_ms_per_job": round(1000 * (t.cpu - idle.cpu) / a.tasks, 3),
+            "startup_cpu_s": round(idle.cpu, 2),
+        }
 
         b = run_timed(
             [
@@ -132,12 +129,10 @@ def main() -> None:
     finally:
         fake.terminate()
         fake.wait()
-    d, dh, bl, sub = out["drain"], out["drain_httpx"], out["blast"], out["submit"]
+    d, bl, sub = out["drain"], out["blast"], out["submit"]
     out["ratios"] = {
         "drain_vs_blast": round(d["jobs_per_s"] / bl["req_per_s"], 3),
-        "drain_httpx_vs_blast": round(dh["jobs_per_s"] / bl["req_per_s"], 3),
         "drain_cpu_vs_blast_cpu": round(d["cpu_ms_per_job"] / bl["cpu_ms_per_request"], 3),
-        "drain_httpx_cpu_vs_blast_cpu": round(dh["cpu_ms_per_job"] / bl["cpu_ms_per_request"], 3),
         "submit_vs_enqueue_many": round(sub["submit_tasks_per_s"] / sub["rq_enqueue_many_jobs_per_s"], 3),
         "drain_vs_rq_task_worker": round(d["jobs_per_s"] / out["rq_task_worker"]["jobs_per_s"], 2),
     }

@@ -138,10 +138,8 @@ class Jobctl:
         from producer.client import Client
 
         self.conn = redis.Redis.from_url(url)
-        # Only JOBCTL_HTTP_CLIENT passes through (httpx, if the device's aiohttp will not do).
-        env = {k: v for k, v in os.environ.items() if k == "JOBCTL_HTTP_CLIENT"}
         self.settings = Settings.from_env(
-            env=env, redis_url=url, key=generate_key(), queue=queue, home=tempfile.mkdtemp()
+            env={}, redis_url=url, key=generate_key(), queue=queue, home=tempfile.mkdtemp()
         )
         self.client = Client(self.settings, connection=self.conn)
         self.queue = queue
@@ -176,10 +174,7 @@ class Jobctl:
             opts.concurrency = MAX_WINDOW if opts.adaptive else int(window)
         # One request per body, as the offline engine and run-batch send: no second try for cut-off answers.
         policy = Policy(max_output_attempts=1)
-        cipher, transport = self.settings.cipher(), self.settings.http_client
-        rep = asyncio.run(
-            drain_queue(self.conn, cipher, base_url, api_key, opts, policy, timeout=300, http_client=transport)
-        )
+        rep = asyncio.run(drain_queue(self.conn, self.settings.cipher(), base_url, api_key, opts, policy, timeout=300))
         out = rep.as_dict()
         out["window_history"] = [n for _, n in rep.window]
         out["window_max"], out["window_adaptive"] = opts.concurrency, opts.adaptive

@@ -140,7 +140,6 @@ class Settings(_Base):
     max_file_bytes: int = Field(c.DEFAULT_MAX_FILE_BYTES, validation_alias="JOBCTL_MAX_FILE_BYTES", ge=1)
     max_task_bytes: int = Field(c.DEFAULT_MAX_TASK_BYTES, validation_alias="JOBCTL_MAX_TASK_BYTES", ge=1)
     context_tokens: int = Field(c.DEFAULT_CONTEXT_TOKENS, validation_alias="JOBCTL_CONTEXT_TOKENS", ge=256)
-    http_client: Literal["aiohttp", "httpx"] = Field("aiohttp", validation_alias="JOBCTL_HTTP_CLIENT")
 
     @field_validator("home", "key_file", mode="after")
     @classmethod

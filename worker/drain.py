@@ -511,12 +511,11 @@ async def drain_queue(
     policy: Policy | None = None,
     signals: bool = False,
     timeout: float = 120.0,
-    http_client: str = "aiohttp",
 ) -> DrainReport:
     from worker.http import make_client
 
     pool = max(options.concurrency, options.max_in_flight) if options.adaptive else options.concurrency
-    async with make_client(base_url, api_key, pool, timeout, http_client) as client:
+    async with make_client(base_url, api_key, pool, timeout) as client:
         drainer = Drainer(connection, cipher, client, options, policy)
         if signals:
             install_signal_handlers(drainer)
@@ -559,6 +558,5 @@ def run_drain(
             policy,
             signals=signals,
             timeout=settings.request_timeout,
-            http_client=settings.http_client,
         )
     )
