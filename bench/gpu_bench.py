@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from bench.common import job_span_rate, redis_server_binary, rq_worker_cmd, triage_tasks
+from bench.common import job_span_rate, rq_worker_cmd, start_redis, triage_tasks
 from bench.raw_blast import blast
 from jobs.config import Settings
 from jobs.crypto import generate_key
@@ -42,21 +42,6 @@ def save(out: str | None) -> None:
     if out:
         Path(out).write_text(text)
     print(text, flush=True)
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    r = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def first_result_watch(conn: redis.Redis, queue: str, t0: float, box: dict[str, float]) -> threading.Thread:

@@ -71,7 +71,6 @@ import importlib.util
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ from typing import Any
 
 import redis
 
-from bench.common import redis_server_binary, triage_tasks
+from bench.common import free_port, start_redis, triage_tasks
 from bench.vllm_peers import (
     gpu_memory_mib,
     gpu_name,
@@ -237,12 +236,6 @@ def server_config(a: argparse.Namespace, s: ServerSettings, name: str) -> VLLMCo
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Budget:
     def __init__(self, seconds: float):
         self.t0, self.seconds = time.monotonic(), seconds
@@ -278,22 +271,6 @@ def long_tasks(n: int, words: int) -> list[dict[str, Any]]:
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    r = redis.Redis(port=port)
-    for _ in range(200):
-        with contextlib.suppress(redis.ConnectionError):
-            r.ping()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def reset_prefix_cache(srv: VLLMServer) -> None:
     """Each pass starts with a cold prefix cache: passes send identical prompts."""
     import urllib.request
@@ -318,7 +295,8 @@ class Bench:
         self.a = a
         self.budget = Budget(a.budget_s)
         self.work = Path(tempfile.mkdtemp(prefix="gpu-saturation-"))
-        self.redis_proc, url = start_redis()
+        port = free_port()
+        self.redis_proc, url = start_redis(port), f"redis://127.0.0.1:{port}/0"
         self.jobctl = Jobctl(url)
         self.tuned = ServerSettings(a.best_capture, a.best_max_num_seqs, a.best_batched_tokens, a.best_gpu_mem)
         self.default = default_settings()

@@ -277,13 +277,13 @@ def main() -> None:
         what, path, *rest = args.measure
         print(json.dumps(measure(what, Path(path), rest[0] if rest else None)))
         return
-    from bench.redis_cost import free_port, start_redis
+    from bench.common import free_port, start_redis
 
     results: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         port = free_port()
-        server = start_redis(port, tmp)
+        server = start_redis(port, tmp, system=True)
         redis_url = f"redis://127.0.0.1:{port}/0"
         try:
             for name, make, n in (("mbox", make_mbox, args.messages), ("csv", make_csv, args.rows)):

@@ -11,7 +11,6 @@ answers), and `jobctl worker --burst` processes, as a user would run them:
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,34 +20,10 @@ from typing import Any
 
 import redis
 
-from bench.common import dump, env_with, redis_server_binary, start_fake, triage_tasks
+from bench.common import dump, env_with, free_port, start_fake, start_redis, triage_tasks
 from jobs.config import Settings
 from jobs.crypto import generate_key
 from producer.client import Client
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server") or redis_server_binary()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )
-    r = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            return proc
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 class Meter:
@@ -96,7 +71,7 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp()
     port = free_port()
-    rproc = start_redis(port, workdir)
+    rproc = start_redis(port, workdir, system=True)
     url = f"redis://127.0.0.1:{port}/0"
     conn = redis.Redis.from_url(url)
     meter = Meter(conn)

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import redis_server_binary  # noqa: E402
+from bench.common import free_port, redis_server_binary  # noqa: E402
 from jobs.config import Settings  # noqa: E402
 from jobs.crypto import generate_key  # noqa: E402
 from jobs.store import Batch, keys  # noqa: E402
@@ -42,12 +41,6 @@ from producer.client import Client  # noqa: E402
 
 FAULTS = "500,close,hang,invalid_json,length"
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Any, timeout: float, what: str) -> None:

@@ -24,8 +24,7 @@ from typing import Any
 
 import redis
 
-from bench.common import dump, env_with
-from bench.redis_cost import free_port, start_redis
+from bench.common import dump, env_with, free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +70,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp())
     port = free_port()
-    rproc = start_redis(port, str(work))
+    rproc = start_redis(port, str(work), system=True)
     url = f"redis://127.0.0.1:{port}/0"
     path = work / "big.json"
     size = write_file(path, a.tasks)
