@@ -238,8 +238,8 @@ def report_start_failure(step: str, e: BaseException) -> None:
         return
     try:
         until = time.time() + cfg.start_backoff
-        store_queues.report_start_failure(conn, settings.queue, f"{step}: {_why(e)}", until)
-    except redis.RedisError as e2:
+        store_queues.report_start_failure(conn, settings.cipher(), settings.queue, f"{step}: {_why(e)}", until)
+    except (JobctlError, redis.RedisError) as e2:
         log.error("could not record the start failure (%s)", type(e2).__name__)
     finally:
         conn.close()
@@ -482,7 +482,9 @@ def plan_drainers(
     return Plan(spawn, f"{waiting} tasks wait; {have} drainers running or starting, {wanted} wanted", **seen)
 
 
-def plan_from_redis(conn: redis.Redis, queue: str, cfg: ModalSettings, now: float | None = None) -> Plan:
+def plan_from_redis(
+    conn: redis.Redis, queue: str, cfg: ModalSettings, now: float | None = None, cipher: Any = None
+) -> Plan:
     """plan_drainers on what Redis says now. A Modal drainer counts while its registration is alive (RQ's
     worker key expires when it dies); a spawned call counts until it announces itself, and is then forgotten
     here, so a drainer that dies later is not counted again as on its way. A call that never announces itself
@@ -496,7 +498,7 @@ def plan_from_redis(conn: redis.Redis, queue: str, cfg: ModalSettings, now: floa
             store_queues.forget_spawn(conn, queue, call_id)
         else:
             pending.append(call_id)
-    h = store_queues.health(conn, queue)
+    h = store_queues.health(conn, queue, cipher)
     try:
         backoff = float(h.get("backoff_until") or 0)
     except ValueError:
@@ -517,10 +519,10 @@ def check_queue() -> dict[str, Any]:
     settings = worker_settings()
     conn = connect(settings)
     try:
-        plan = plan_from_redis(conn, settings.queue, cfg)
+        plan = plan_from_redis(conn, settings.queue, cfg, cipher=settings.cipher())
         if plan.spawn:
             store_queues.record_spawns(conn, settings.queue, spawn_drainers(plan.spawn, cfg.drain_budget))
-        store_queues.note_cron(conn, settings.queue, f"started {plan.spawn} drainers: {plan.reason}")
+        store_queues.note_cron(conn, settings.cipher(), settings.queue, f"started {plan.spawn} drainers: {plan.reason}")
     finally:
         conn.close()
     return plan.as_dict()

@@ -11,6 +11,8 @@ DEFAULT_LEASE_SECONDS = 30
 
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_TASK_BYTES = 256 * 1024
+# Sealed, a task this size stays under jobs.store.codec.MAX_DATA_BYTES, the most any reader inflates.
+MAX_TASK_BYTES_LIMIT = 64 * 1024 * 1024
 MAX_CUSTOM_ID_CHARS = 256
 DEFAULT_CONTEXT_TOKENS = 8192
 

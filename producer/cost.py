@@ -155,7 +155,12 @@ def summarize(
 ) -> CostSummary:
     """The Modal drains recorded since `since` (a Unix time; None: all kept), oldest first, and their totals."""
     price = OpenAIBatchPrice.from_settings(cfg or ModalSettings.from_env())
-    rows = [DrainCost.from_report(r, price) for r in store_queues.drain_reports(conn, since)]
+    rows = []
+    for r in store_queues.drain_reports(conn, since):
+        try:
+            rows.append(DrainCost.from_report(r, price))
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            continue  # a report changed in Redis (they are plaintext bookkeeping): left out, not a crash
     if queue is not None:
         rows = [x for x in rows if x.queue == queue]
     return CostSummary(rows, price, since)
@@ -176,10 +181,10 @@ def batch_cost(status: BatchStatus, cfg: ModalSettings | None = None) -> BatchCo
     )
 
 
-def queue_notes(conn: redis.Redis, queue: str, now: float | None = None) -> list[str]:
+def queue_notes(conn: redis.Redis, queue: str, now: float | None = None, cipher: Any = None) -> list[str]:
     """Why a queue may not be draining, from what Modal's drainer and cron left in Redis (empty when nothing)."""
     now = time.time() if now is None else now
-    h = store_queues.health(conn, queue)
+    h = store_queues.health(conn, queue, cipher)
     notes = []
     if h.get("start_error"):
         failed_at = _float(h.get("start_failed_at"))
@@ -203,4 +208,7 @@ def _float(v: str | None) -> float:
 
 
 def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts or 0, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        return datetime.fromtimestamp(ts or 0, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, OSError, ValueError):  # a stamp changed in Redis: bookkeeping, not worth failing for
+        return "(an unreadable time)"

@@ -31,7 +31,11 @@ def run_worker(
     with LocalServer(home=settings.home) as srv:
         # llama.cpp's server answers one request at a time: more in flight only wait in its queue,
         # where a long batch would run into the request timeout.
-        local = settings.with_(structured_output=STYLE, concurrency=min(settings.concurrency, LOCAL_CONCURRENCY))
+        local = settings.with_(
+            structured_output=STYLE,
+            concurrency=min(settings.concurrency, LOCAL_CONCURRENCY),
+            api_key=srv.api_key,
+        )
         report = _drain(local, conn, cipher, srv.base_url, burst, max_seconds, queues, adaptive=False)
         report.notes.append(f"model server: embedded SmolLM2-135M at {srv.base_url}")
         return report

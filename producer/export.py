@@ -113,9 +113,10 @@ def _cell(col: str, outcome: Outcome, inp: dict[str, str], ans: dict[str, str], 
         return ans.get(col[len(ANSWER_PREFIX) :], "")
     if col.startswith(INPUT_PREFIX):
         return inp.get(col[len(INPUT_PREFIX) :], "")
-    if col in inp:
-        return inp[col]
-    return ans.get(col, "")
+    # A record column (or input field) this row's input lacks stays empty: an answer field of the
+    # same name is not the record's (a drafted reply's subject is not the mail's) and has its
+    # own column, answer.NAME.
+    return inp.get(col, "")
 
 
 def _check_fields(columns: list[str], default: list[str], answers: list[str], inputs: set[str]) -> None:

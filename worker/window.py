@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 import httpx2
 
+from worker.http import split_credentials
+
 log = logging.getLogger("jobctl.window")
 
 # vLLM >= 0.10 (V1 engine) names first; `gpu_cache_usage_perc` is the V0 name of the KV gauge.
@@ -225,7 +227,11 @@ class AdaptiveWindow:
         timeout: float = 2.0,
         on_update: Callable[[int], None] | None = None,
         in_flight: Callable[[], int] | None = None,
+        headers: dict[str, str] | None = None,
     ):
+        """`headers`: the Authorization to send, where the caller has it (the drain's client's);
+        else from `base_url`'s user info or `api_key`."""
+        base_url, auth = split_credentials(base_url, api_key)
         self.url = metrics_url(base_url)
         self.controller = controller
         self.interval = interval
@@ -237,7 +243,7 @@ class AdaptiveWindow:
         self.confirmed = False  # a vLLM sample has been read
         self._failures = 0
         self.history: list[tuple[float, int]] = []  # (monotonic time, target) at each change
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = auth if headers is None else headers
         # trust_env off: the server is usually on loopback, and a proxy from the environment would swallow the calls.
         self._client = httpx2.AsyncClient(headers=headers, timeout=timeout, trust_env=False)
         self._task: asyncio.Task[None] | None = None

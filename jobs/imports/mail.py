@@ -34,11 +34,15 @@ class _Policy(EmailPolicy):
     The modern policy parses a header into an object each time it is read, and the parser and
     get_body() read Content-Type many times per part: that took 90% of an import's time. Those
     headers stay strings here (the Message methods read them as such, as under compat32); the
-    headers a reader sees (From, To, Subject...) are decoded by _Headers below."""
+    headers a reader sees (From, To, Subject...) are decoded by _Headers below.
+
+    They are stripped too: Message.get_payload() compares the transfer encoding as it is, so
+    "base64 " (white space at the end, which RFC 2045 allows) was left undecoded, while
+    jobs.imports.base64_runs set its runs aside as base64."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if name.lower() in _STRUCTURE_HEADERS:
-            return "".join(_FOLD.split(value)) if "\n" in value or "\r" in value else value
+            return ("".join(_FOLD.split(value)) if "\n" in value or "\r" in value else value).strip()
         return super().header_fetch_parse(name, value)
 
 
@@ -59,6 +63,12 @@ class _Message(EmailMessage):
             known = super().get_content_type()
             self._content_type = (len(self._headers), self._default_type, known)  # type: ignore[attr-defined]
         return known
+
+    def is_attachment(self) -> bool:
+        # EmailMessage's reads the header object's .content_disposition; under _Policy the header
+        # is a string, so any part with a Content-Disposition (a scanner's PDF, an inline photo,
+        # Apple Mail's inline text) raised AttributeError. get_body() asks this of every part too.
+        return self.get_content_disposition() == "attachment"
 
 
 _STRUCTURE_HEADERS = {"content-type", "content-disposition", "content-transfer-encoding", "content-id"}
@@ -312,13 +322,16 @@ def body_and_attachments(msg: EmailMessage) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _first_body_part(part: Any) -> Any:
-    """The part that holds the message's text: in a mixed multipart, its first part that is not
-    an attachment. get_body() alone prefers any plain text part anywhere, so a mailing list's
-    plain footer would win over an HTML message's body."""
+    """The part that holds the message's text: in a mixed multipart, its first part that is text
+    (or an alternative or related multipart) and not an attachment. get_body() alone prefers any
+    plain text part anywhere, so a mailing list's plain footer would win over an HTML message's
+    body. A phone puts the photo first, inline: the text after it is still the body."""
     ctype = part.get_content_type()
     if ctype == "message/rfc822" or part.is_attachment():
         return None
-    if part.is_multipart() and ctype not in ("multipart/alternative", "multipart/related"):
+    if not part.is_multipart():
+        return part if ctype in ("text/plain", "text/html") else None
+    if ctype not in ("multipart/alternative", "multipart/related"):
         for sub in part.iter_parts():
             found = _first_body_part(sub)
             if found is not None:

@@ -188,8 +188,10 @@ class Batch:
         counts: Counter[str] = Counter()
         ended: list[float] = []
         problems: dict[str, str] = {}
-        result_ttl = int(rec.get("result_ttl") or 0)
-        created = float(rec.get("created_at") or 0)
+        # The sealed header's figures, not the record's plain copies (kept for the scripts), which anyone
+        # with Redis access could change.
+        created = codec.number(header.get("created_at"), codec.number(rec.get("created_at")))
+        result_ttl = codec.number(header.get("result_ttl"), codec.number(rec.get("result_ttl")))
         gone = "expired" if time.time() > created + result_ttl else "missing"
         tasks = [m for m in members if m.rejected is None]
         counts["failed"] += len(members) - len(tasks)
@@ -225,8 +227,9 @@ class Batch:
             state = "failed"
         else:
             state = "completed"
-        gpu = float(self._usage_raw().get("gpu_seconds", 0) or 0)
-        cost = float(self._usage_raw().get("cost_usd", 0) or 0)
+        raw = self._usage_raw()
+        gpu = max(0.0, codec.number(raw.get("gpu_seconds")))
+        cost = max(0.0, codec.number(raw.get("cost_usd")))
         return BatchStatus(
             self.id,
             str(header.get("queue", rec.get("queue", ""))),
@@ -249,7 +252,9 @@ class Batch:
 
     def _usage(self) -> Usage:
         raw = self._usage_raw()
-        return Usage(int(raw.get("prompt_tokens", 0) or 0), int(raw.get("completion_tokens", 0) or 0))
+        return Usage(
+            max(0, int(codec.number(raw.get("prompt_tokens")))), max(0, int(codec.number(raw.get("completion_tokens"))))
+        )
 
     def outcomes(self, members: list[Member] | None = None, with_input: bool = True) -> Iterator[Outcome]:
         """Each ended task's outcome, in submission order; tasks queued, running or cancelled are left out
@@ -290,11 +295,10 @@ class Batch:
         task_input = self._input(m, data, owner, fp) if with_input else None
         if not stream:
             return Outcome.problem(m.job_id, m.custom_id, MISSING, "the task's result is gone from Redis", m.kind)
-        entry_id, payload = stream[0]
-        res = codec.restore_result(m.job_id, entry_id, payload)
-        ok = res.type == res.Type.SUCCESSFUL
-        raw = res.return_value if ok else (res.exc_string or "")
-        if not isinstance(raw, str):
+        _entry_id, payload = stream[0]
+        try:
+            ok, raw = codec.read_result(payload)
+        except ValueError:
             return Outcome.problem(m.job_id, m.custom_id, TAMPERED, "the result is not a jobctl result", m.kind)
         if not ok and sealed.split_failure(raw) is None:
             return self._rq_failure(m, raw)
@@ -342,6 +346,8 @@ class Batch:
     def _input(self, m: Member, data: Any, owner: Any, fp: Any) -> dict[str, Any] | None:
         if data is None or owner is None or fp is None:
             return None
+        if m.fp and fp.decode() != m.fp:
+            return None  # an older (or other) payload of this task: its text is not what this batch sent
         try:
             task = sealed.open_payload(self.cipher, m.job_id, owner.decode(), fp.decode(), codec.decode_data(data))
         except (DecryptError, ValueError, KeyError, TypeError):
@@ -353,11 +359,12 @@ class Batch:
     def cancel(self) -> int:
         """Drop the batch's queued tasks (running ones finish). Returns how many were dropped."""
         rec = self.record()
-        members = [m for m in self.members(self.header(rec)) if m.rejected is None]
-        queue = rec["queue"]
+        header = self.header(rec)
+        members = [m for m in self.members(header) if m.rejected is None]
+        queue = str(header["queue"])
         scripts = Scripts(self.connection)
         now = time.time()
-        ttl = int(rec.get("result_ttl") or 0)
+        ttl = int(codec.number(header.get("result_ttl"), codec.number(rec.get("result_ttl"))))
         n = 0
         for start in range(0, len(members), STEP):
             ids = [m.job_id for m in members[start : start + STEP]]
@@ -380,7 +387,7 @@ class Batch:
         rec = self.record()
         header = self.header(rec)
         members = [m for m in self.members(header) if m.rejected is None]
-        queue = rec["queue"]
+        queue = str(header["queue"])
         scripts = Scripts(self.connection)
         changed_fps: dict[str, str] = {}
         n = 0
@@ -464,7 +471,7 @@ def list_batches(
         for bid, (key_id, created) in zip(ids, rows, strict=True):
             if key_id is None or keys.text(key_id) != cipher.key_id:
                 continue
-            if since is not None and float(created or 0) < since:
+            if since is not None and codec.number(created) < since:
                 return out
             try:
                 st = Batch(bid, connection, cipher).status()

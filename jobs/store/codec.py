@@ -5,8 +5,10 @@ change in RQ shows up here (and in tests/test_rq_contract.py), not as silent cor
 
 from __future__ import annotations
 
+import binascii
 import json
 import zlib
+from base64 import b64decode
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,32 @@ TASK_FUNC = "worker.rq_worker.perform_task"
 MAX_ABANDONS = 3
 JOB_TIMEOUT = 900
 SERIALIZER = JSONSerializer
+# The most a job's data or a result may inflate to. Redis is not trusted: a few kilobytes of planted
+# zlib would otherwise inflate to gigabytes in whoever reads it (jobctl tasks stay far below this:
+# JOBCTL_MAX_TASK_BYTES is capped at 64 MiB, which seals to under 90 MiB).
+MAX_DATA_BYTES = 128 * 1024 * 1024
+
+
+def number(value: Any, default: float = 0.0) -> float:
+    """A number stored as text in Redis, or `default` when it is missing or not a finite number: a value
+    changed in Redis must not crash whoever reads it."""
+    try:
+        out = float(value) if value not in (None, b"", "") else default
+    except (TypeError, ValueError):
+        return default
+    return out if out == out and abs(out) != float("inf") else default
+
+
+def inflate(blob: bytes, limit: int = MAX_DATA_BYTES) -> bytes:
+    """zlib.decompress that stops at `limit` bytes. Raises zlib.error for data that is not one whole
+    zlib stream, ValueError for a stream that inflates past the limit."""
+    d = zlib.decompressobj()
+    out = d.decompress(blob, limit)
+    if d.unconsumed_tail:
+        raise ValueError(f"the data inflates past {limit} bytes")
+    if not d.eof:
+        raise zlib.error("incomplete or truncated zlib stream")
+    return out
 
 
 def iso(ts: float) -> str:
@@ -39,12 +67,14 @@ def encode_data(token: str) -> bytes:
 def decode_data(data: bytes) -> str:
     """The sealed payload inside a job's `data` field. Raises ValueError for anything jobctl did not write."""
     try:
-        raw = zlib.decompress(data)
+        raw = inflate(data)
     except zlib.error:
-        raw = data
+        raw = data  # RQ stores data uncompressed when it does not deflate (and reads it back the same way)
+    except ValueError as e:
+        raise ValueError("the job's data is not a jobctl task (it inflates past the limit)") from e
     try:
         func, _inst, args, kwargs = json.loads(raw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise ValueError("the job's data is not a jobctl task") from e
     if func != TASK_FUNC or not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], str) or kwargs:
         raise ValueError("the job's data is not a jobctl task")
@@ -103,9 +133,23 @@ def result_fields(
     return flat
 
 
-def restore_result(jid: str, entry_id: bytes, payload: dict[bytes, bytes]) -> Result:
-    """One results-stream entry as RQ's Result (JSON serializer)."""
-    return Result.restore(jid, entry_id.decode(), payload, connection=None, serializer=SERIALIZER)  # type: ignore[arg-type]
+def read_result(payload: dict[bytes, bytes]) -> tuple[bool, str]:
+    """(succeeded, the text it holds) from a results-stream entry as RQ writes it with its JSON serializer.
+    Read here rather than by RQ's Result.restore: nothing in Redis is trusted, so decompression is
+    bounded and every field checked. Raises ValueError for anything that is not such an entry."""
+    try:
+        kind = int(payload[b"type"])
+        if kind == Result.Type.SUCCESSFUL.value:
+            value = json.loads(b64decode(payload[b"return_value"], validate=True))
+        elif b"exc_string" in payload:
+            value = inflate(b64decode(payload[b"exc_string"], validate=True)).decode()
+        else:
+            value = ""
+    except (KeyError, ValueError, TypeError, RecursionError, zlib.error, binascii.Error) as e:
+        raise ValueError("the entry is not a result RQ or jobctl wrote") from e
+    if not isinstance(value, str):
+        raise ValueError("the entry's value is not text")
+    return kind == Result.Type.SUCCESSFUL.value, value
 
 
 # Job hash fields jobctl never writes; a job that has one was not enqueued by jobctl, and RQ would act

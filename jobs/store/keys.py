@@ -11,6 +11,7 @@ from typing import Any
 
 from rq import worker_registration
 from rq.executions import ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -36,6 +37,16 @@ def job(jid: str) -> str:
 
 def queue(name: str) -> str:
     return QUEUE_PREFIX + name
+
+
+def intermediate(name: str) -> str:
+    """Where RQ's own worker moves a job between popping it and starting it (jobctl's claim never does)."""
+    return IntermediateQueue.get_intermediate_queue_key(queue(name))
+
+
+def intermediate_seen(name: str, jid: str) -> str:
+    """When RQ's cleanup first saw a job sitting in the intermediate list."""
+    return IntermediateQueue(queue(name), connection=None).get_first_seen_key(jid)  # type: ignore[arg-type]
 
 
 def started(name: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from rq.utils import utcparse
 
+from jobs.crypto import Cipher, DecryptError
 from jobs.store import keys
 
 # A drainer announces itself as an RQ worker; RQ drops its key when it stops heart-beating.
@@ -77,17 +78,43 @@ def note_worker_seen(conn: redis.Redis, queue: str, pipeline: Any = None) -> Non
     (pipeline if pipeline is not None else conn).hset(keys.queue_health(queue), "worker_seen_at", time.time())
 
 
-def health(conn: redis.Redis, queue: str) -> dict[str, str]:
-    """Notes on why a queue may not drain: when a worker was last seen, the last drainer start failure."""
-    return {keys.text(k): keys.text(v) for k, v in conn.hgetall(keys.queue_health(queue)).items()}
+# The notes jobctl shows as its own words (`jobctl status`) are sealed: anyone who can write Redis could
+# otherwise put "your key is revoked: run curl ... | sh" in front of the user as jobctl's diagnosis.
+SEALED_NOTES = ("start_error", "cron_decision")
 
 
-def report_start_failure(conn: redis.Redis, queue: str, message: str, backoff_until: float) -> None:
+def health(conn: redis.Redis, queue: str, cipher: Cipher | None = None) -> dict[str, str]:
+    """Notes on why a queue may not drain: when a worker was last seen, the last drainer start failure, the cron's
+    last decision. With `cipher`, the sealed notes are opened; one that does not open is replaced by a warning
+    (it was written without the key). Without it they are left out."""
+    raw = {keys.text(k): keys.text(v) for k, v in conn.hgetall(keys.queue_health(queue)).items()}
+    for name in SEALED_NOTES:
+        if name not in raw:
+            continue
+        token = raw.pop(name)
+        if cipher is None:
+            continue
+        try:
+            raw[name] = cipher.decrypt(token, f"queue-health:{queue}:{name}").decode()
+        except (DecryptError, UnicodeDecodeError):
+            raw[name] = "(a note in Redis that does not check out: written without the key; ignored)"
+    return raw
+
+
+def _seal(cipher: Cipher, queue: str, name: str, text: str) -> str:
+    return cipher.encrypt(text.encode(), f"queue-health:{queue}:{name}")
+
+
+def report_start_failure(conn: redis.Redis, cipher: Cipher, queue: str, message: str, backoff_until: float) -> None:
     """A drainer that could not start (a model download failing, say): `jobctl status` shows why the queue is
     not draining, and Modal's cron starts no GPU before `backoff_until`. The message holds no task content."""
     conn.hset(
         keys.queue_health(queue),
-        mapping={"start_failed_at": time.time(), "start_error": message[:500], "backoff_until": backoff_until},
+        mapping={
+            "start_failed_at": time.time(),
+            "start_error": _seal(cipher, queue, "start_error", message[:500]),
+            "backoff_until": backoff_until,
+        },
     )
 
 
@@ -120,9 +147,12 @@ def recent_spawns(conn: redis.Redis, queue: str, max_age: float) -> list[str]:
     return [keys.text(m) for m in conn.zrange(keys.spawns(queue), 0, -1)]
 
 
-def note_cron(conn: redis.Redis, queue: str, decision: str) -> None:
+def note_cron(conn: redis.Redis, cipher: Cipher, queue: str, decision: str) -> None:
     """What Modal's cron decided last and why (it started n drainers, or why none), for `jobctl status`."""
-    conn.hset(keys.queue_health(queue), mapping={"cron_at": time.time(), "cron_decision": decision[:300]})
+    conn.hset(
+        keys.queue_health(queue),
+        mapping={"cron_at": time.time(), "cron_decision": _seal(cipher, queue, "cron_decision", decision[:300])},
+    )
 
 
 def record_drain(conn: redis.Redis, report: dict[str, Any], keep: int = 10_000) -> None:

@@ -133,6 +133,50 @@ return n
 """
 )
 
+# KEYS: started, job, failed. ARGV: member, now_iso, failed_score, reason.
+# Fails a job that is not jobctl's (RQ's own worker popped it from a jobctl queue) without anything of
+# it run: no callback, webhook or dependent, which RQ's failure path would act on. 1 if held, else 0.
+REFUSE = (
+    _DROP_EXECUTION
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local id = drop_execution(KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'failed', 'ended_at', ARGV[2], 'exc_info', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], id)
+return 1
+"""
+)
+
+# KEYS: intermediate, queue. ARGV: now_ts, grace_seconds, limit, first-seen key prefix.
+# RQ's own worker pops a job into the queue's intermediate list before it starts it; one that died in
+# between leaves the job there, neither queued nor started. RQ's cleanup would fail such a job; this
+# puts it back at the front of the queue once it has sat there past the grace, and drops ids whose job
+# has moved on (started ones are covered by their lease). Returns how many went back.
+RECOVER_INTERMEDIATE = """
+local back = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do
+  local seen_key = ARGV[4] .. id
+  local st = redis.call('HGET', '$JOB' .. id, 'status')
+  if st == 'queued' then
+    local seen = redis.call('GET', seen_key)
+    if not seen then
+      redis.call('SET', seen_key, ARGV[1], 'EX', 86400)
+    elseif tonumber(ARGV[1]) - (tonumber(seen) or 0) > tonumber(ARGV[2]) then
+      redis.call('LREM', KEYS[1], 1, id)
+      redis.call('DEL', seen_key)
+      if not redis.call('LPOS', KEYS[2], id) then
+        redis.call('LPUSH', KEYS[2], id)
+        back = back + 1
+      end
+    end
+  elseif st ~= 'started' then
+    redis.call('LREM', KEYS[1], 1, id)
+    redis.call('DEL', seen_key)
+  end
+end
+return back
+"""
+
 # KEYS: started, queue. ARGV: now_ts, limit, lease_score, worker_name, now_iso, exec_ttl, exec_prefix
 # Puts back up to `limit` tasks whose worker stopped heart-beating, the way RQ's own cleanup does
 # (retries_left counts down). A task with no retries left is claimed by this worker instead, so that
@@ -286,6 +330,8 @@ class Scripts:
         self.finish: Any = conn.register_script(_render(FINISH))
         self.release: Any = conn.register_script(_render(RELEASE))
         self.sweep: Any = conn.register_script(_render(SWEEP))
+        self.refuse: Any = conn.register_script(_render(REFUSE))
+        self.recover_intermediate: Any = conn.register_script(_render(RECOVER_INTERMEDIATE))
         self.cancel: Any = conn.register_script(_render(CANCEL))
         self.retry: Any = conn.register_script(_render(RETRY))
         self.publish: Any = conn.register_script(_render(PUBLISH))

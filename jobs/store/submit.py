@@ -330,6 +330,7 @@ def _write_batch(
         "replaced": len(plan.replace),
         "rejected": len(rejected),
         "chunks": chunks,
+        "result_ttl": result_ttl,
     }
     ttl = result_ttl + BATCH_GRACE
     with conn.pipeline(transaction=False) as p:
@@ -394,8 +395,8 @@ def _publish_ids(
 
 def _mark_published(conn: redis.Redis, queue: str, batch_id: str) -> None:
     raw_ttl = conn.hget(keys.batch(batch_id), "result_ttl")
-    ttl = int(raw_ttl or codec.JOB_TIMEOUT) + BATCH_GRACE
-    created = float(conn.hget(keys.batch(batch_id), "created_at") or time.time())
+    ttl = int(codec.number(raw_ttl, codec.JOB_TIMEOUT)) + BATCH_GRACE
+    created = codec.number(conn.hget(keys.batch(batch_id), "created_at"), time.time())
     with conn.pipeline(transaction=True) as p:
         p.hset(keys.batch(batch_id), "state", "published")
         p.expire(keys.batch(batch_id), ttl)

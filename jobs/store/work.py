@@ -20,14 +20,18 @@ from typing import Any
 import redis
 from rq.worker import SimpleWorker, WorkerStatus
 
-from jobs.crypto import Cipher
-from jobs.outcomes import TaskResult
+from jobs import outcomes as o
+from jobs.crypto import Cipher, DecryptError
+from jobs.outcomes import Failure, TaskResult
 from jobs.store import codec, keys, sealed
 from jobs.store.scripts import Scripts
 from jobs.tasks import Task
 
 # At most this many tasks per script call: each call then holds Redis for a few milliseconds at most.
 STEP = 500
+# How long a job may sit in RQ's intermediate list (popped by an `rq worker` that then died) before it
+# goes back to the queue; RQ's own cleanup waits a minute too.
+INTERMEDIATE_GRACE = 60
 
 
 @dataclass
@@ -189,6 +193,63 @@ class WorkQueue:
             args=[now, STEP, now + self.lease, self.worker_name, codec.iso(now), self.lease, self._next_prefix()],
         )
         return int(flat[0]), _claimed(flat, 1, now)
+
+    def fail_abandoned(self, exhausted: list[Claimed]) -> int:
+        """Fail the tasks `sweep` returned with no retries left: a jobctl task gets a sealed `abandoned`
+        failure, anything else (planted on the queue) is refused with nothing of it loaded. Returns how
+        many this worker still held."""
+        done: list[Finished] = []
+        n = 0
+        for cl in exhausted:
+            problem = codec.foreign_job_problem(self.conn, cl.job_id, cl.data)
+            if problem is not None:
+                n += self.refuse(cl.job_id, cl.execution_id, f"refused by jobctl: {problem}")
+                continue
+            try:
+                cid = cl.open(self.cipher).custom_id
+            except (DecryptError, ValueError, KeyError, TypeError):
+                cid = ""
+            message = (
+                "the workers running this task stopped (killed or lost) too many times; `jobctl retry` re-queues it"
+            )
+            done.append(Finished(cl, Failure(cid, o.ABANDONED, message)))
+        return n + sum(self.finish(done))
+
+    def refuse(self, job_id: str, execution_id: str, reason: str) -> bool:
+        """Fail a held job that is not jobctl's, with nothing of it run (see scripts.REFUSE). `reason` is
+        stored in the clear as the job's exc_info: jobctl's own words, never anything from the job."""
+        now = time.time()
+        return bool(
+            self.scripts.refuse(
+                keys=[self.started_key, keys.job(job_id), keys.failed(self.queue)],
+                args=[f"{job_id}:{execution_id}", codec.iso(now), now + self.result_ttl, reason],
+            )
+        )
+
+    def maintain(self) -> tuple[int, int]:
+        """The upkeep RQ's worker does in `clean_registries`, done jobctl's way: abandoned tasks go back
+        (or fail sealed, as `abandoned`), jobs stranded in RQ's intermediate list go back, and expired
+        registry entries go. Unlike RQ's cleanup it never loads a job, so it never runs a callback someone
+        planted in Redis. Returns (tasks put back, tasks failed as abandoned)."""
+        back = failed = 0
+        while True:
+            requeued, exhausted = self.sweep()
+            back += requeued
+            failed += self.fail_abandoned(exhausted)
+            if requeued + len(exhausted) < STEP:
+                break
+        back += int(
+            self.scripts.recover_intermediate(
+                keys=[keys.intermediate(self.queue), self.queue_key],
+                args=[time.time(), INTERMEDIATE_GRACE, STEP, keys.intermediate_seen(self.queue, "")],
+            )
+        )
+        now = time.time()
+        with self.conn.pipeline(transaction=False) as p:
+            p.zremrangebyscore(keys.finished(self.queue), 0, now)
+            p.zremrangebyscore(keys.failed(self.queue), 0, now)
+            p.execute()
+        return back, failed
 
     def depth(self) -> int:
         return int(self.conn.llen(self.queue_key))
