@@ -46,7 +46,7 @@ class Success:
     """A chat completion that passed its checks. `body` is the completion, with `parsed` added for typed kinds."""
 
     custom_id: str
-    body: dict[str, Any]
+    body: dict[str, Any] = field(repr=False)  # the answer: never in a repr (RQ logs `result: %r`)
     request_id: str = ""
     attempts: int = 1
     usage: Usage = field(default_factory=Usage)
@@ -79,7 +79,7 @@ class Failure:
     message: str
     attempts: int = 0
     status_code: int | None = None
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | None = field(default=None, repr=False)
     usage: Usage = field(default_factory=Usage)
 
     ok = False
@@ -124,11 +124,11 @@ class Outcome:
     custom_id: str
     ok: bool
     status_code: int | None
-    body: dict[str, Any] | None
+    body: dict[str, Any] | None = field(repr=False)
     error: dict[str, str] | None
     request_id: str | None = None
     kind: str = ""
-    input: dict[str, Any] | None = None
+    input: dict[str, Any] | None = field(default=None, repr=False)
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
 

@@ -6,15 +6,12 @@ structured output as {"type": "json_object", "schema": ...}, so the worker switc
 
 Loopback is shared by every user of the machine, so the server is the worker's own, and nothing
 is sent to a server the worker did not start:
-- a port picked free for each start (`jobctl serve-local` takes one with --port and refuses a
-  busy one), never a fixed port another user could hold first;
-- before the first request, /proc shows that the socket listening on 127.0.0.1:port is our
-  child's (a port taken between the pick and the child's bind is another user's: the child
-  fails to bind, and the next port is tried);
+- the worker binds and listens on the port itself (a free one, or `jobctl serve-local --port`'s,
+  refused when busy) and hands the listening socket to the server (producer.llama_serve), so the
+  port is the worker's from before the server starts until the worker ends: no other user can
+  take it first, or after the server dies (the worker then resets each connection);
 - a random API key, passed in the child's environment (a command line is public in /proc), and a
-  check that the server refuses a request without it;
-- if the server dies mid-drain, its port stays held (connections reset), so no one can take it
-  over and receive the requests still on their way.
+  check that the server refuses a request without it.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ MODEL_ALIAS = "smollm2-135m"
 DEFAULT_PORT = 8089  # `jobctl serve-local`'s default; the worker picks a free port instead
 STYLE = "json_object"
 LOCAL_CONCURRENCY = 4
-PICKS = 5  # ports tried when each picked one is taken before our server binds it
 
 
 class LocalServerError(JobctlError):
@@ -62,23 +58,25 @@ def model_path() -> Path:
 
 
 def command(port: int, threads: int | None = None, n_ctx: int = 8192) -> list[str]:
+    """The server's command line. It serves on the socket passed as LISTEN_FD; `port` is that
+    socket's, for the record."""
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "producer.llama_serve",
         "--model",
         str(model_path()),
         "--model_alias",
         MODEL_ALIAS,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
         "--n_ctx",
         str(n_ctx),
         "--n_threads",
         str(threads or max(1, (os.cpu_count() or 2))),
     ]
+
+
+# What a leftover server's command line holds (the second: llama_cpp.server's own, from older runs).
+MARKERS = (b"producer.llama_serve", b"llama_cpp.server")
 
 
 class LocalServer:
@@ -104,7 +102,7 @@ class LocalServer:
         self.pid_path = home / "local-server.pid" if home else None
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
-        self._hold: socket.socket | None = None
+        self._sock: socket.socket | None = None  # listening, from before the server starts until stop()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -123,37 +121,32 @@ class LocalServer:
                 "(from a checkout: `pip install -e '.[local]'`), or point the worker at a server with --base-url"
             ) from e
         self._stop_leftover()
-        end = time.monotonic() + self.startup_timeout
-        for _ in range(1 if self.requested_port else PICKS):
-            self.port = self.requested_port or free_port()
-            if not _bindable(self.port):
-                if self.requested_port:
-                    raise LocalServerError(
-                        f"port {self.port} on 127.0.0.1 is in use by another program; pick another with --port"
-                    )
-                continue
-            if self._spawn(end):
-                return self
-        raise LocalServerError(
-            f"another program took each of {PICKS} free ports before the local model server could bind it; "
-            "try again, or start a server yourself and pass --base-url"
-        )
+        self._sock = _listen(self.requested_port)
+        self.port = int(self._sock.getsockname()[1])
+        try:
+            self._spawn(time.monotonic() + self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
-    def _spawn(self, end: float) -> bool:
-        """Start the child on self.port and wait until it serves there. False: it lost the port to
-        another program (try the next); errors for anything else."""
+    def _spawn(self, end: float) -> None:
+        """Start the child on our listening socket and wait until it answers with our key."""
+        assert self._sock is not None
         out: Any = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            out = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+            out = os.fdopen(_open_private(self.log_path, os.O_APPEND), "ab")
         parent = os.getpid()
+        fd = self._sock.fileno()
         try:
             proc = subprocess.Popen(
                 command(self.port),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "API_KEY": self.api_key},
+                env={**os.environ, "API_KEY": self.api_key, "LISTEN_FD": str(fd)},
+                pass_fds=(fd,),
                 preexec_fn=lambda: _die_with_parent(parent),
             )
         finally:
@@ -161,35 +154,29 @@ class LocalServer:
                 out.close()
         self.proc = proc
         if self.pid_path is not None:
-            self.pid_path.write_text(f"{proc.pid} {parent}")
+            with os.fdopen(_open_private(self.pid_path, os.O_TRUNC), "w") as f:
+                f.write(f"{proc.pid} {parent}")
         while time.monotonic() < end:
             if proc.poll() is not None:
-                if not self.requested_port and not _bindable(self.port):
-                    return False  # another program bound the picked port first
-                self.stop()
                 raise LocalServerError(
                     f"the local model server exited with code {proc.returncode}"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
-            if _listens(proc.pid, self.port):
-                if not _wait_ready(self.base_url, self.api_key, end):
-                    break
+            if _answers(self.base_url, self.api_key):
                 if _answers(self.base_url, None):
-                    self.stop()
                     raise LocalServerError(
                         "the local model server does not check its API key (it answered without one); "
-                        "is llama-cpp-python older than 0.2? reinstall it with `make setup`"
+                        "reinstall llama-cpp-python with `make setup`"
                     )
-                threading.Thread(target=self._hold_port_on_death, args=(proc, self.port), daemon=True).start()
-                return True
+                threading.Thread(target=self._reset_after_death, args=(proc, self._sock), daemon=True).start()
+                return
             time.sleep(0.2)
-        self.stop()
         raise LocalServerError(f"the local model server did not come up in {self.startup_timeout:.0f}s")
 
     def stop(self) -> None:
         with self._lock:
             proc, self.proc = self.proc, None
-            hold, self._hold = self._hold, None
+            sock, self._sock = self._sock, None
         if proc and proc.poll() is None:
             proc.terminate()
             try:
@@ -197,37 +184,25 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if hold is not None:
-            hold.close()
+        if sock is not None:
+            # shutdown() first: a thread blocked in accept() on it returns at once.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         if self.pid_path is not None and proc is not None:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if int(self.pid_path.read_text().split()[0]) == proc.pid:
                     self.pid_path.unlink()  # another worker's (same home) is left alone
 
-    def _hold_port_on_death(self, proc: subprocess.Popen[bytes], port: int) -> None:
-        """Our server died before stop(): hold its port, resetting each connection, until stop(). A
-        port left free could be taken by another user's process, which would receive the requests
-        the drain still sends there (and it listens, so no one else can bind the port meanwhile)."""
+    def _reset_after_death(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        """Our server died before stop(): the port stays ours (we never stopped listening), and each
+        connection is reset, so the drain fails fast instead of waiting out its timeouts."""
         proc.wait()
-        with self._lock:
-            if self.proc is not proc:
-                return  # stopped on purpose
-            hold = socket.socket()
-            try:
-                # SO_REUSEADDR: our server's connections linger in TIME_WAIT on this port. A socket
-                # that listens keeps every other bind off the port, REUSEADDR or not.
-                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                hold.bind(("127.0.0.1", port))
-                hold.listen(64)
-            except OSError:
-                hold.close()
-                return
-            self._hold = hold
         with contextlib.suppress(OSError):
-            while True:
-                conn, _ = hold.accept()
+            while self._sock is sock:
+                conn, _ = sock.accept()
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()  # a reset: the client fails at once instead of waiting out its timeout
+                conn.close()
 
     def _stop_leftover(self) -> None:
         """A server a killed worker left behind (where the kernel could not end it): stop it. One
@@ -237,14 +212,14 @@ class LocalServer:
         try:
             pids = [int(x) for x in self.pid_path.read_text().split()]
             pid = pids[0]
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").exists() else b"llama_cpp.server"
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").exists() else MARKERS[0]
         except (OSError, ValueError, IndexError):
             self.pid_path.unlink(missing_ok=True)
             return
         worker = pids[1] if len(pids) > 1 else None
         if worker is not None and worker != os.getpid() and _alive(worker):
             return
-        if b"llama_cpp.server" in cmdline:
+        if any(m in cmdline for m in MARKERS):
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
@@ -259,58 +234,40 @@ class LocalServer:
         self.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _bindable(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port (nor on all addresses)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no owner
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _listens(pid: int, port: int) -> bool:
-    """The socket listening on 127.0.0.1:port belongs to process pid: its inode, from
-    /proc/net/tcp, is among the process's open sockets. Without /proc (not Linux) the port was
-    free just before the child started, and the child must answer with our key."""
-    if not Path("/proc/net/tcp").exists():
-        return _answers(f"http://127.0.0.1:{port}/v1", None, any_status=True)
+def _listen(port: int | None) -> socket.socket:
+    """A socket listening on 127.0.0.1:port (a free port when None), for the server to serve on."""
+    sock = socket.socket()
     try:
-        owned = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    want = f"0100007F:{port:04X}"
-    for line in lines:
-        fields = line.split()
-        if fields[1] == want and fields[3] == "0A" and f"socket:[{fields[9]}]" in owned:
-            return True
-    return False
+        # SO_REUSEADDR: the last server's connections may linger in TIME_WAIT on the port. A socket
+        # listening there (anyone's) still makes bind or listen fail, and once ours listens, no
+        # other socket can listen on the port, whatever its options.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port or 0))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise LocalServerError(
+            f"port {port} on 127.0.0.1 is in use ({e.strerror}); pick another with --port"
+            if port
+            else f"cannot listen on 127.0.0.1 ({e.strerror})"
+        ) from e
+    return sock
 
 
-def _wait_ready(base_url: str, key: str, end: float) -> bool:
-    while time.monotonic() < end:
-        if _answers(base_url, key):
-            return True
-        time.sleep(0.2)
-    return False
+def _open_private(path: Path, flag: int) -> int:
+    """Open `path` for writing, 0600, never through a symlink (a planted one would redirect the write)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | flag, 0o600)
+    except OSError as e:
+        raise LocalServerError(f"cannot write {path} ({e.strerror}); is it a symlink? remove it") from e
 
 
-def _answers(base_url: str, key: str | None, any_status: bool = False) -> bool:
-    """GET /models answers 200 (with any_status: answers at all)."""
+def _answers(base_url: str, key: str | None) -> bool:
+    """GET /models answers 200."""
     req = urllib.request.Request(base_url + "/models", headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(req, timeout=1) as resp:
             return bool(resp.status == 200)
-    except urllib.error.HTTPError:
-        return any_status
     except (urllib.error.URLError, OSError):
         return False
 

@@ -30,6 +30,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -311,7 +312,9 @@ class FakeOpenAI:
         wake_delay: float = 0.0,
         metrics: bool = False,
         engine: EngineConfig | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`: a listening socket to serve on (e.g. one a parent process passed down), in place of host and port."""
         self.host, self.model, self.api_key = host, model, api_key
         # The exact Authorization header every request must carry, where it is not "Bearer <api_key>"
         # (e.g. HTTP Basic, as a proxy in front of a server takes it).
@@ -330,6 +333,7 @@ class FakeOpenAI:
         self.calls: list[tuple[str, str]] = []
         self.stats = Stats()
         self._port = port
+        self._listen_sock = sock
         self._rng = random.Random(self.faults.seed)
         # deque append/popleft are atomic, so tests may script() while the loop consumes.
         self._script: deque[Reply | Fault | Raw] = deque()
@@ -422,7 +426,10 @@ class FakeOpenAI:
     # -- connection handling ---------------------------------------------------------
 
     async def _open(self) -> None:
-        self._server = await asyncio.start_server(self._on_conn, self.host, self._port, backlog=2048)
+        if self._listen_sock is not None:
+            self._server = await asyncio.start_server(self._on_conn, sock=self._listen_sock, backlog=2048)
+        else:
+            self._server = await asyncio.start_server(self._on_conn, self.host, self._port, backlog=2048)
         self._port = self._server.sockets[0].getsockname()[1]
         self._started_at = time.monotonic()
 

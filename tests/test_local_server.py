@@ -41,7 +41,7 @@ PATIENCE = 60.0  # seconds: generous, for a loaded 2-core machine
 
 STAND_IN = textwrap.dedent(
     """
-    import http.server, json, os, signal, sys
+    import http.server, json, os, signal, socket, sys
 
     port = int(sys.argv[sys.argv.index("--port") + 1])
     if "--ignore-sigterm" in sys.argv:
@@ -68,7 +68,13 @@ STAND_IN = textwrap.dedent(
         def log_message(self, *args):
             pass
 
-    http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    if "LISTEN_FD" in os.environ:  # as producer.llama_serve: the worker's listening socket
+        srv = http.server.HTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
+        srv.socket.close()
+        srv.socket = socket.socket(fileno=int(os.environ["LISTEN_FD"]))
+    else:  # a leftover a test starts by hand
+        srv = http.server.HTTPServer(("127.0.0.1", port), Handler)
+    srv.serve_forever()
     """
 )
 
@@ -241,11 +247,11 @@ def test_a_server_that_exits_at_start_is_an_error_and_leaves_no_pid_file(tmp_pat
 # from API_KEY. The marker argument as in stand_in_command.
 OPENAI_STAND_IN = textwrap.dedent(
     """
-    import os, sys, threading
+    import os, socket, sys, threading
     from tests.fake_openai import FakeOpenAI
 
-    port = int(sys.argv[sys.argv.index("--port") + 1])
-    FakeOpenAI(port=port, model="stand-in", api_key=os.environ.get("API_KEY")).start()
+    sock = socket.socket(fileno=int(os.environ["LISTEN_FD"]))
+    FakeOpenAI(sock=sock, model="stand-in", api_key=os.environ.get("API_KEY")).start()
     threading.Event().wait()
     """
 )
@@ -429,8 +435,8 @@ def test_real_worker_sigkilled_takes_its_llama_server_along(tmp_path, worker_env
         server = pid_in(pid_file)
         strays.append(server)
         argv = Path(f"/proc/{server}/cmdline").read_bytes().split(b"\0")
-        assert b"llama_cpp.server" in argv
-        port = int(argv[argv.index(b"--port") + 1])
+        assert b"producer.llama_serve" in argv
+        port = wait_for(lambda: listening_port(server) or worker.poll() is not None, 600, "the server's socket")
         wait_for(lambda: serving(port) or worker.poll() is not None, 600, "the server to serve")
         assert worker.poll() is None, "the worker exited"
     finally:
@@ -488,3 +494,55 @@ def test_serve_local_writes_its_key_privately_and_removes_it_at_the_end(tmp_path
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
     assert f"127.0.0.1:{port}" in result.output  # type: ignore[attr-defined]
     assert key not in result.output and not key_file.exists()  # type: ignore[attr-defined]
+
+
+def listening_port(pid: int) -> int | None:
+    """The port of the socket process `pid` listens on (the worker's, passed down to it)."""
+    owned = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and f"socket:[{fields[9]}]" in owned:
+            return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
+
+
+def test_no_moment_when_another_process_can_take_the_port(tmp_path, stand_in):
+    """Review finding: the port was held again only after the worker noticed its server had died,
+    and another user won the race (bind and listen in a loop) and received the requests, key
+    included. The worker's own socket listens from before the server starts to stop()."""
+
+    def take() -> bool:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                s.listen(1)
+            except OSError:
+                return False
+            return True
+
+    with LocalServer(home=tmp_path / "home", startup_timeout=PATIENCE) as srv:
+        port = srv.port
+        assert srv.proc is not None and not take()
+        srv.proc.kill()
+        tries = 0
+        while srv.proc.poll() is None or tries < 200:  # through the death and well after it
+            assert not take(), "another process could listen on the worker's port"
+            tries += 1
+
+
+def test_the_log_and_pid_file_are_never_written_through_a_symlink(tmp_path, stand_in):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    target = tmp_path / "victim"
+    target.write_text("keep me")
+    (home / "local-server.log").symlink_to(target)
+    with pytest.raises(local_server.LocalServerError, match="symlink"):
+        LocalServer(home=home, startup_timeout=PATIENCE).start()
+    assert target.read_text() == "keep me"
+    (home / "local-server.log").unlink()
+    # A pid file that is a symlink names no server of ours: it is removed, never written through.
+    (home / "local-server.pid").symlink_to(target)
+    with LocalServer(home=home, startup_timeout=PATIENCE) as srv:
+        assert srv.proc is not None and not (home / "local-server.pid").is_symlink()
+    assert target.read_text() == "keep me"

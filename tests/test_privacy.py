@@ -461,3 +461,16 @@ def test_redis_password_stays_out_of_descriptions_errors_and_logs(settings, fake
 def test_settings_repr_hides_redis_password(tmp_path):
     s = Settings.from_env(env={}, home=tmp_path, redis_url="redis://:s3cretpw@127.0.0.1:6379/13")
     assert "s3cretpw" not in repr(s)
+
+
+def test_outcome_reprs_hold_no_answer_or_input():
+    """RQ logs a job's return value as `result: %r` (`rq worker -v`); reprs end up in tracebacks too."""
+    from jobs.outcomes import Failure, Outcome, Success
+
+    body = {"choices": [{"message": {"content": "PRIVATE-ANSWER-4471"}}]}
+    shown = [
+        repr(Success("c1", body)),
+        repr(Failure("c1", "invalid_output", "the answer is not valid JSON", body=body)),
+        repr(Outcome("j1", "c1", True, 200, body, None, input={"body": "PRIVATE-INPUT-9"})),
+    ]
+    assert all("PRIVATE" not in r and "c1" in r for r in shown), shown

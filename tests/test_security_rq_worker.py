@@ -257,3 +257,122 @@ def test_the_task_workers_upkeep_fails_a_task_abandoned_too_often_sealed(client,
     assert wq.maintain() == (0, 1)
     [out] = list(client.results(sub.batch_id))
     assert out.custom_id == "mail-1" and out.error is not None and out.error["code"] == "abandoned"
+
+
+# -- review findings: checks made on the loaded job, not on a second read of Redis ---------------------
+
+
+def test_callbacks_and_webhooks_are_judged_on_the_job_as_loaded_not_read_again(
+    client, conn, settings, worker_env, listener, tmp_path, monkeypatch
+):
+    """The attacker adds a success callback and a webhook to a real task, the worker loads the job, and
+    the attacker removes them before the worker's check read Redis again: the check passed, and RQ
+    ran the callback (with the decrypted answer) and posted the webhook from the object it had loaded.
+    Here the removal happens exactly in that gap, every time."""
+    from worker.rq_worker import TaskWorker
+
+    marker = tmp_path / "callback-ran"
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    for k, v in worker_env.items():
+        monkeypatch.setenv(k, v)
+    sub = client.submit([triage_task(1)])
+    [m] = client.batch(sub.batch_id).members()
+    planted = {
+        "success_callback_name": f"{__name__}.planted_callback",
+        "failure_callback_name": f"{__name__}.planted_callback",
+        "webhooks": f'[{{"url": "{listener}", "events": ["success", "failed"]}}]',
+    }
+    conn.hset(keys.job(m.job_id), mapping=planted)
+    real_check = codec.foreign_job_problem
+
+    def attacker_removes_them_first(c: Any, jid: str, data: bytes) -> str | None:
+        conn.hdel(keys.job(jid), *planted)
+        return real_check(c, jid, data)
+
+    monkeypatch.setattr(codec, "foreign_job_problem", attacker_removes_them_first)
+    TaskWorker([Queue(settings.queue, connection=conn)], connection=conn).work(burst=True)
+    assert not marker.exists(), "a planted callback ran"
+    assert Hits.count == 0, "the worker posted a planted webhook"
+    job = Job.fetch(m.job_id, connection=conn, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED and "refused" in (job._exc_info or "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("created_at", "junk"),
+        ("timeout", "forever"),
+        ("status", "no-such-status"),
+        ("retries_left", "many"),
+        ("enqueued_at", "1e999"),
+        ("retry_intervals", "[[["),
+    ],
+)
+def test_junk_in_rqs_plaintext_fields_fails_that_job_and_the_worker_goes_on(
+    client, conn, settings, worker_env, field, value
+):
+    """RQ's Job.restore raised on a field it cannot parse, out of its dequeue: the README's `rq worker`
+    ended with a traceback, the job stuck in RQ's intermediate list, and the rest of the queue waited
+    (jobctl's recovery then put the job back at the front, and the next run ended the same way)."""
+    sub = client.submit([triage_task(i) for i in range(3)])
+    first = client.batch(sub.batch_id).members()[0].job_id
+    conn.hset(keys.job(first), field, value)
+    proc = run_rq_worker(settings, worker_env)
+    assert proc.returncode == 0, proc.stderr
+    outs = {o.job_id: o for o in client.results(sub.batch_id)}
+    assert [outs[j].ok for j in outs if j != first] == [True, True]
+    assert not outs[first].ok
+    assert conn.zscore(keys.failed(settings.queue), first) is not None
+    assert conn.llen(keys.intermediate(settings.queue)) == 0 and conn.llen(keys.queue(settings.queue)) == 0
+
+
+def test_an_exc_info_that_inflates_past_the_limit_is_not_inflated(client, conn, settings, worker_env):
+    """RQ inflates a job's exc_info without a bound when it loads the job: a 2 MB plant took the worker
+    to 4.2 GB. Here the worker runs with a 1.5 GiB address-space limit and still finishes the queue."""
+    from worker.rq_worker import BoundedJob
+
+    sub = client.submit([triage_task(i) for i in range(2)])
+    first = client.batch(sub.batch_id).members()[0].job_id
+    conn.hset(keys.job(first), "exc_info", bomb(BOMB))
+    job = BoundedJob.fetch(first, connection=conn, serializer=JSONSerializer)
+    assert len(job._exc_info or "") < 10_000
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20)); "
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            limit + "import sys; from rq.cli import main; sys.argv[0] = 'rq'; main()",
+            *README_RQ_WORKER[2:],
+            "-u",
+            settings.redis_url,
+            settings.queue,
+        ],
+        env={**worker_env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0 and "MemoryError" not in proc.stderr, proc.stderr[-2000:]
+    assert all(o.ok for o in client.results(sub.batch_id))
+
+
+def test_the_rq_worker_logs_no_answer_text_even_at_debug(client, conn, settings, worker_env):
+    """RQ logs `result: %r` of what a job returns at DEBUG (`rq worker -v`): the result's repr held
+    the answer."""
+    sub = client.submit([triage_task(1, body="PRIVATE-ZEBRA-5521 please call me")])
+    proc = subprocess.run(
+        [sys.executable, *README_RQ_WORKER, "-v", "-u", settings.redis_url, settings.queue],
+        env={**worker_env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [out] = list(client.results(sub.batch_id))
+    assert out.ok
+    answer = out.body["choices"][0]["message"]["content"]  # type: ignore[index]
+    logs = proc.stdout + proc.stderr
+    assert "result:" in logs  # RQ's debug line is there
+    assert answer not in logs and "PRIVATE-ZEBRA" not in logs and '"category"' not in logs

@@ -32,6 +32,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -58,10 +59,25 @@ _current: dict[str, TaskWorker] = {}
 
 
 class BoundedJob(Job):
-    """RQ's Job, but its data is inflated with a bound (codec.MAX_DATA_BYTES) when RQ loads it."""
+    """RQ's Job as this worker loads it: nothing in the hash can make it run code, fetch, or exhaust
+    memory, and nothing in it can stop the worker.
+
+    The checks are made on the very hash the job object is built from (RQ runs a job's callbacks and
+    webhooks from the object it loaded, so a check that read Redis again could be raced: fields
+    added between the load and the check, removed before it). The fields jobctl never writes are
+    noted as the job's problem and left out of the object; data and exc_info are inflated with a
+    bound; a plaintext field RQ cannot parse (a date, a number) marks the job as not jobctl's
+    instead of raising out of RQ's dequeue, which would end the worker with the job stuck.
+    """
+
+    jobctl_problem: str | None = None
 
     def restore(self, raw_data: Any) -> Any:
         obj = decode_redis_hash(raw_data)
+        if any(obj.get(f) for f in codec.FOREIGN_FIELDS):
+            self.jobctl_problem = "it carries callbacks, webhooks, dependencies or repeats, which jobctl never sets"
+        for f in codec.FOREIGN_FIELDS:
+            obj.pop(f, None)
         data = obj.get("data")
         if isinstance(data, bytes):
             try:
@@ -73,7 +89,24 @@ class BoundedJob(Job):
             # RQ inflates again whatever still looks like zlib; a jobctl task is a JSON list by now.
             # Anything else becomes `null`, refused later as not a jobctl task with nothing of it loaded.
             obj["data"] = data if data[:1] == b"[" else b"null"
-        return super().restore(obj)
+        exc = obj.get("exc_info")
+        if isinstance(exc, bytes):
+            try:
+                # The prefix makes it not zlib: RQ inflates exc_info again, without a bound, if it is.
+                obj["exc_info"] = b"(as text) " + codec.inflate(exc)[:4096]
+            except zlib.error:
+                obj["exc_info"] = b"(as text) " + exc[:4096]
+            except ValueError:
+                obj["exc_info"] = b"(too large to read)"
+        try:
+            return super().restore(obj)
+        except NoSuchJobError:
+            raise
+        except Exception as e:  # RQ's parsing of plaintext fields: a date, an int, a JSON list, a status
+            self.jobctl_problem = f"RQ cannot read its fields ({type(e).__name__}): it was changed in Redis"
+            self.data = b"null"
+            self.origin = keys.text(obj.get("origin") or b"")
+            return None
 
 
 class TaskWorker(SimpleWorker):
@@ -95,7 +128,7 @@ class TaskWorker(SimpleWorker):
     # -- RQ's steps ---------------------------------------------------------------------------
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
-        problem = codec.foreign_job_problem(self.connection, job.id, job.data)
+        problem = getattr(job, "jobctl_problem", None) or codec.foreign_job_problem(self.connection, job.id, job.data)
         if problem is not None:
             log.warning("job %s refused and failed: %s", job.id, problem)
             try:

@@ -133,7 +133,7 @@ return n
 """
 )
 
-# KEYS: started, job, failed. ARGV: member, now_iso, failed_score, reason.
+# KEYS: started, job, failed, intermediate. ARGV: member, now_iso, failed_score, reason.
 # Fails a job that is not jobctl's (RQ's own worker popped it from a jobctl queue) without anything of
 # it run: no callback, webhook or dependent, which RQ's failure path would act on. 1 if held, else 0.
 REFUSE = (
@@ -143,6 +143,7 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 local id = drop_execution(KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'status', 'failed', 'ended_at', ARGV[2], 'exc_info', ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], id)
+redis.call('LREM', KEYS[4], 1, id)
 return 1
 """
 )

@@ -221,7 +221,7 @@ class WorkQueue:
         now = time.time()
         return bool(
             self.scripts.refuse(
-                keys=[self.started_key, keys.job(job_id), keys.failed(self.queue)],
+                keys=[self.started_key, keys.job(job_id), keys.failed(self.queue), keys.intermediate(self.queue)],
                 args=[f"{job_id}:{execution_id}", codec.iso(now), now + self.result_ttl, reason],
             )
         )
