@@ -138,7 +138,9 @@ class Settings(_Base):
     result_ttl: int = Field(c.DEFAULT_RESULT_TTL, validation_alias="JOBCTL_RESULT_TTL", ge=60)
     lease_seconds: int = Field(c.DEFAULT_LEASE_SECONDS, validation_alias="JOBCTL_LEASE_SECONDS", ge=1, le=3600)
     max_file_bytes: int = Field(c.DEFAULT_MAX_FILE_BYTES, validation_alias="JOBCTL_MAX_FILE_BYTES", ge=1)
-    max_task_bytes: int = Field(c.DEFAULT_MAX_TASK_BYTES, validation_alias="JOBCTL_MAX_TASK_BYTES", ge=1)
+    max_task_bytes: int = Field(
+        c.DEFAULT_MAX_TASK_BYTES, validation_alias="JOBCTL_MAX_TASK_BYTES", ge=1, le=c.MAX_TASK_BYTES_LIMIT
+    )
     context_tokens: int = Field(c.DEFAULT_CONTEXT_TOKENS, validation_alias="JOBCTL_CONTEXT_TOKENS", ge=256)
 
     @field_validator("home", "key_file", mode="after")

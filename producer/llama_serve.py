@@ -1,5 +1,5 @@
 """`python -m producer.llama_serve`: llama-cpp-python's OpenAI-compatible server, serving on a
-listening socket its parent made and passed down (file descriptor LISTEN_FD).
+listening socket its parent made and passed down (its file descriptor number in --fd).
 
 producer.local_server binds the port itself and keeps it from before this server starts until the
 worker ends, so no other user of the machine can take the port between a pick and the server's
@@ -22,8 +22,9 @@ def main() -> None:
     ap.add_argument("--model_alias", required=True)
     ap.add_argument("--n_ctx", type=int, default=8192)
     ap.add_argument("--n_threads", type=int, default=max(1, os.cpu_count() or 2))
+    ap.add_argument("--fd", type=int, required=True, help="the listening socket's file descriptor")
     a = ap.parse_args()
-    sock = socket.socket(fileno=int(os.environ["LISTEN_FD"]))
+    sock = socket.socket(fileno=a.fd)
 
     import uvicorn
     from llama_cpp.server.app import create_app

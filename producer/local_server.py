@@ -58,8 +58,8 @@ def model_path() -> Path:
 
 
 def command(port: int, threads: int | None = None, n_ctx: int = 8192) -> list[str]:
-    """The server's command line. It serves on the socket passed as LISTEN_FD; `port` is that
-    socket's, for the record."""
+    """The server's command line, but for `--fd N`: the socket it serves on, which LocalServer
+    adds. `port` is that socket's, for the record."""
     return [
         sys.executable,
         "-m",
@@ -141,11 +141,11 @@ class LocalServer:
         fd = self._sock.fileno()
         try:
             proc = subprocess.Popen(
-                command(self.port),
+                [*command(self.port), "--fd", str(fd)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "API_KEY": self.api_key, "LISTEN_FD": str(fd)},
+                env={**os.environ, "API_KEY": self.api_key},
                 pass_fds=(fd,),
                 preexec_fn=lambda: _die_with_parent(parent),
             )

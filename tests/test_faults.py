@@ -285,7 +285,7 @@ def test_three_workers_process_each_task_once(client, conn, settings, fake, work
     reports = []
     for w, log in zip(workers, logs, strict=True):
         rc, report, _ = finish(w, 30)
-        assert rc == 0, log.read_text()[-2000:]
+        assert rc == 143, log.read_text()[-2000:]  # stopped by SIGTERM, as documented
         reports.append(report)
     assert sum(rep["done"] for rep in reports) == 600
     assert sum(rep["superseded"] for rep in reports) == 0

@@ -68,10 +68,10 @@ STAND_IN = textwrap.dedent(
         def log_message(self, *args):
             pass
 
-    if "LISTEN_FD" in os.environ:  # as producer.llama_serve: the worker's listening socket
+    if "--fd" in sys.argv:  # as producer.llama_serve: the worker's listening socket
         srv = http.server.HTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
         srv.socket.close()
-        srv.socket = socket.socket(fileno=int(os.environ["LISTEN_FD"]))
+        srv.socket = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
     else:  # a leftover a test starts by hand
         srv = http.server.HTTPServer(("127.0.0.1", port), Handler)
     srv.serve_forever()
@@ -250,7 +250,7 @@ OPENAI_STAND_IN = textwrap.dedent(
     import os, socket, sys, threading
     from tests.fake_openai import FakeOpenAI
 
-    sock = socket.socket(fileno=int(os.environ["LISTEN_FD"]))
+    sock = socket.socket(fileno=int(sys.argv[sys.argv.index("--fd") + 1]))
     FakeOpenAI(sock=sock, model="stand-in", api_key=os.environ.get("API_KEY")).start()
     threading.Event().wait()
     """

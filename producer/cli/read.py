@@ -11,7 +11,7 @@ import click
 
 from jobs.store import BatchStatus
 from producer.cli import output
-from producer.cli.app import OK, TASKS_FAILED, Ctx, cli, echo_json, finish, json_option, parse_since
+from producer.cli.app import OK, TASKS_FAILED, Ctx, cli, echo_json, err, finish, json_option, parse_since
 
 STATUSES = ("in_progress", "completed", "failed", "cancelling", "cancelled")
 # A queue with work that no worker has drained for this long gets a notice while waiting.
@@ -31,20 +31,26 @@ def queue_notes(client: Any, queue: str) -> list[str]:
         return []
     notes = []
     if not queues.drainers(conn, queue):
-        seen = queues.health(conn, queue).get("worker_seen_at")
-        ago = f"last seen {(time.time() - float(seen)) / 60:.0f} min ago" if seen else "none seen yet"
+        seen = _float(queues.health(conn, queue).get("worker_seen_at"))
+        ago = f"last seen {(time.time() - seen) / 60:.0f} min ago" if seen else "none seen yet"
         notes.append(
             f"{depth.waiting} tasks wait in queue {queue} and no worker is draining it ({ago}); run `jobctl worker`, "
             "or check the Modal cron (`jobctl drain --remote`)"
         )
-    return notes + modal_notes(conn, queue)
+    return notes + modal_notes(conn, queue, cipher=client.cipher)
 
 
-@cli.command()
+@cli.command(short_help="Show one batch, or list the recent ones.")
 @click.argument("batch", required=False)
 @click.option("--limit", default=20, show_default=True, help="How many recent batches to list.")
 @click.option("--name", help="Only batches with this name.")
-@click.option("--status", "status_", type=click.Choice(STATUSES), help="Only batches in this state.")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice(STATUSES),
+    metavar="STATE",
+    help=f"Only batches in this state: {', '.join(STATUSES)}.",
+)
 @click.option("--since", help="Only batches created since: 7d, 24h, 30m, or a date (2026-11-01).")
 @click.option("--verify", is_flag=True, help="With BATCH: open every result and name any that do not check out.")
 @json_option
@@ -73,13 +79,45 @@ def status(
             output.status_detail(st, notes)
         return
     states = client.batches(limit, name=name, status=status_, since=parse_since(since))
+    hidden = _hidden_batches(client) if not states else ""
     if as_json:
         echo_json([s.as_dict() for s in states])
+        if hidden:
+            err(hidden)
     else:
-        output.status_rows(states)
+        output.status_rows(states, hidden, filtered=bool(name or status_ or since))
 
 
-@cli.command()
+# How many of the newest batches `status` looks at to say whose batches it hides.
+HIDDEN_SCAN = 200
+
+
+def _hidden_batches(client: Any) -> str:
+    """When no batch of this key is listed: what other keys' batches the Redis holds (a wrong
+    JOBCTL_KEY shows an empty list, which must not read as "nothing submitted"). Key ids only."""
+    from jobs.store import keys
+
+    conn = client.connection
+    ids = conn.zrevrange(keys.BATCHES_INDEX, 0, HIDDEN_SCAN - 1)
+    if not ids:
+        return ""
+    with conn.pipeline(transaction=False) as p:
+        for bid in ids:
+            p.hget(keys.batch(keys.text(bid)), "key_id")
+        found = [keys.text(k) for k in p.execute() if k is not None]
+    mine = client.cipher.key_id
+    others = sorted({k for k in found if k != mine})
+    if not others or mine in found:
+        return ""  # this key has batches too: the filters left them out
+    n = sum(k != mine for k in found)
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    return (
+        f"no batches of key {mine}; this Redis holds {n} recent batch{'es' if n != 1 else ''} of key {shown}. "
+        "To read them, set JOBCTL_KEY or JOBCTL_KEY_FILE to the key that submitted them"
+    )
+
+
+@cli.command(short_help="Read a batch's results, decrypted with your key.")
 @click.argument("batch")
 @click.option(
     "-o",
@@ -91,15 +129,18 @@ def status(
 @click.option(
     "--errors",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="With -o and JSONL: write failures here  [default: OUTPUT's name + .errors.jsonl]",
+    show_default="-o's name, with .errors.jsonl for .jsonl",
+    help="With -o and JSONL: write the failures to this file.",
 )
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "jsonl", "csv"]),
-    help="table (the default on a terminal), jsonl (OpenAI batch output lines) or csv (one row per task).",
+    show_default="table; jsonl with -o or --json",
+    help="table (a table on a terminal, one tab-separated line per task elsewhere), jsonl (OpenAI batch "
+    "output lines) or csv (one row per task).",
 )
-@click.option("--fields", help="With --format csv: the columns, comma-separated (default: all).")
+@click.option("--fields", show_default="every column", help="With --format csv: the columns to write, comma-separated.")
 @json_option
 @click.pass_obj
 def results(
@@ -204,7 +245,8 @@ class _Watch:
 
 
 def wait_for_batch(client: Any, batch_id: str, timeout: float | None, quiet: bool = False) -> int:
-    """Wait with progress; returns the exit code (0 none failed, 3 some failed); timeouts raise (exit 4)."""
+    """Wait with progress; returns the exit code (0 all succeeded, 3 some failed or were cancelled); timeouts
+    raise (exit 4)."""
     watch = _Watch(client)
     with output.Progress(quiet=quiet) as progress:
 
@@ -221,7 +263,9 @@ def wait_for_batch(client: Any, batch_id: str, timeout: float | None, quiet: boo
             on_note=lambda m: progress.note(f"{m} (Ctrl-C stops)"),
             note_every=progress.every,
         )
-    bad = st.failed  # failed, expired or missing; cancelled tasks were asked for, not failures
+    # Failed, expired, missing or cancelled: exit 0 promises an answer for every task, and a cron
+    # script that reads it as "all answered" must not get 0 for a batch someone cancelled meanwhile.
+    bad = st.failed + st.counts["cancelled"]
     if quiet:
         echo_json(st.as_dict())
     else:
@@ -229,13 +273,14 @@ def wait_for_batch(client: Any, batch_id: str, timeout: float | None, quiet: boo
     return OK if bad == 0 else TASKS_FAILED
 
 
-@cli.command()
+@cli.command(short_help="Wait until a batch is done: exit 0, or 3 if tasks failed.")
 @click.argument("batch")
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 4).")
+@click.option("--timeout", type=float, show_default="wait forever", help="Give up after this many seconds (exit 4).")
 @json_option
 @click.pass_obj
 def wait(obj: Ctx, batch: str, timeout: float | None, as_json: bool) -> None:
-    """Wait until BATCH has no queued or running task: exit 0 if every task succeeded, 3 if some failed.
+    """Wait until BATCH has no queued or running task: exit 0 if every task succeeded, 3 if some failed
+    or were cancelled.
 
     A progress bar on a terminal, else a line every 10 seconds. Redis outages are waited out. If
     the queue has work and no worker drains it for a minute, a notice says so.
@@ -243,7 +288,7 @@ def wait(obj: Ctx, batch: str, timeout: float | None, as_json: bool) -> None:
     finish(wait_for_batch(obj.client(), batch, timeout, quiet=as_json))
 
 
-@cli.command()
+@cli.command(short_help="What the GPU drains cost, beside OpenAI's Batch prices.")
 @click.option("--since", default="30d", show_default=True, help="A duration (7d, 24h) or a date (2026-11-01).")
 @json_option
 @click.pass_obj
@@ -259,3 +304,12 @@ def cost(obj: Ctx, since: str, as_json: bool) -> None:
     else:
         for line in summary.lines() if hasattr(summary, "lines") else [str(summary)]:
             click.echo(line)
+
+
+def _float(v: str | None) -> float:
+    """A plaintext stamp from Redis, or 0 if it was changed into something else."""
+    try:
+        f = float(v or 0)
+    except ValueError:
+        return 0.0
+    return f if 0 < f < 1e11 else 0.0

@@ -17,7 +17,7 @@ from producer.cli.app import (
 from producer.safe_text import visible
 
 
-@cli.command()
+@cli.command(short_help="Make an encryption key and write it to the key file.")
 @click.option("--force", is_flag=True, help="Replace an existing key file (results sealed with it become unreadable).")
 @click.option("--if-missing", is_flag=True, help="Do nothing if the key file exists.")
 @click.option("--print", "show", is_flag=True, help="Print a new key instead of writing a file.")
@@ -87,10 +87,14 @@ def _columns(spec: str | None) -> dict[str, str] | None:
     return out
 
 
-@cli.command()
+@cli.command(short_help="Validate files and enqueue all their tasks as one batch.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @queue_option()
-@click.option("--kind", help="Kind for imported mail or bank records [default: email.triage / transaction.categorize].")
+@click.option(
+    "--kind",
+    show_default="email.triage for mail, transaction.categorize for bank records",
+    help="Kind for imported mail or bank records.",
+)
 @click.option("--options", "options_json", metavar="JSON", help="Options for every task (a task's own options win).")
 @click.option(
     "--columns", metavar="ROLE=HEADER,...", help="Map a bank CSV's columns: date=...,amount=...,description=..."
@@ -101,7 +105,9 @@ def _columns(spec: str | None) -> dict[str, str] | None:
     "--replace", is_flag=True, help="Run tasks whose custom_id exists with other content again, replacing them."
 )
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the batch to finish (exit 3 if tasks failed).")
-@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 4).")
+@click.option(
+    "--timeout", type=float, show_default="wait forever", help="With --wait: give up after this many seconds (exit 4)."
+)
 @json_option
 @click.pass_obj
 def submit(
