@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from jobs.config import Settings
+from jobs.config import Settings, all_env_vars
 from jobs.crypto import generate_key
 from producer.client import Client
 from tests.fake_openai import FakeOpenAI
@@ -259,3 +259,30 @@ def finish(p: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, dict[s
     out, err = p.communicate(timeout=timeout)
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
     return p.returncode, (json.loads(lines[-1]) if lines else None), (err or b"").decode()
+
+
+# -- CLI runs as scripts make them ------------------------------------------------------------------
+
+
+def clean_env(**values: str | None) -> dict[str, str]:
+    """os.environ without any jobctl variable (the developer's own must not leak in), plus `values`."""
+    env = {k: v for k, v in os.environ.items() if k not in set(all_env_vars())}
+    env["PYTHONUNBUFFERED"] = "1"
+    for k, v in values.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+@pytest.fixture
+def base_env(settings: Settings, fake: FakeOpenAI, tmp_path: Path) -> dict[str, str]:
+    return clean_env(
+        REDIS_URL=settings.redis_url,
+        JOBCTL_KEY=settings.key_text,
+        JOBCTL_QUEUE=settings.queue,
+        JOBCTL_HOME=str(tmp_path / "home"),
+        OPENAI_BASE_URL=fake.url,
+        JOBCTL_LEASE_SECONDS=str(settings.lease_seconds),
+    )

@@ -33,32 +33,19 @@ import pytest
 import redis
 from rich.console import Console
 
-from jobs.config import Settings
 from jobs.outcomes import Outcome
 from jobs.store.batches import BatchStatus
 from producer.cli import output
 from producer.cli.app import INTERRUPTED, TERMINATED
 from producer.client import Client
 from producer.safe_text import cut_at, visible, visible_cut
-from tests.conftest import triage_task, wait_for
+from tests.conftest import clean_env, triage_task, wait_for
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.test_cli_faults import Run, clean_env, jobctl
+from tests.test_cli_faults import Run, jobctl
 
 REPO = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 MARK = re.compile(r"…\[cut (\d+) chars\]")
-
-
-@pytest.fixture
-def base_env(settings: Settings, fake: FakeOpenAI, tmp_path: Path) -> dict[str, str]:
-    return clean_env(
-        REDIS_URL=settings.redis_url,
-        JOBCTL_KEY=settings.key_text,
-        JOBCTL_QUEUE=settings.queue,
-        JOBCTL_HOME=str(tmp_path / "home"),
-        OPENAI_BASE_URL=fake.url,
-        JOBCTL_LEASE_SECONDS=str(settings.lease_seconds),
-    )
 
 
 def one_error_line(run: Run, as_json: bool) -> str:

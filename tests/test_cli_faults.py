@@ -31,10 +31,9 @@ from typing import Any
 import pytest
 import redis
 
-from jobs.config import Settings, all_env_vars
 from producer.cli.app import INTERRUPTED, OK, TASKS_FAILED, USAGE
 from producer.client import Client
-from tests.conftest import RedisProcess, free_port, triage_task, wait_for
+from tests.conftest import RedisProcess, clean_env, free_port, triage_task, wait_for
 from tests.fake_openai import FakeOpenAI, _error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,18 +98,6 @@ class Run:
     def __str__(self) -> str:
         head = f"jobctl {' '.join(self.args)} -> exit {self.code}"
         return f"{head}\n--- stdout\n{self.out[-2000:]}\n--- stderr\n{self.err[-3000:]}"
-
-
-def clean_env(**values: str | None) -> dict[str, str]:
-    """os.environ without any jobctl variable (the developer's own must not leak in), plus `values`."""
-    env = {k: v for k, v in os.environ.items() if k not in set(all_env_vars())}
-    env["PYTHONUNBUFFERED"] = "1"
-    for k, v in values.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return env
 
 
 def jobctl(env: dict[str, str], *args: str, stdout: Any = subprocess.PIPE, timeout: float = TIMEOUT) -> Run:
@@ -238,18 +225,6 @@ def seed(client: Client, fake_url: str, tmp_path: Path) -> Seeded:
 @pytest.fixture
 def seeded(client: Client, fake: FakeOpenAI, tmp_path: Path) -> Seeded:
     return seed(client, fake.url, tmp_path)
-
-
-@pytest.fixture
-def base_env(settings: Settings, fake: FakeOpenAI, tmp_path: Path) -> dict[str, str]:
-    return clean_env(
-        REDIS_URL=settings.redis_url,
-        JOBCTL_KEY=settings.key_text,
-        JOBCTL_QUEUE=settings.queue,
-        JOBCTL_HOME=str(tmp_path / "home"),
-        OPENAI_BASE_URL=fake.url,
-        JOBCTL_LEASE_SECONDS=str(settings.lease_seconds),
-    )
 
 
 def commands(s: Seeded) -> dict[str, tuple[str, ...]]:

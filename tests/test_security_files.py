@@ -20,8 +20,8 @@ import pytest
 
 from jobs.config import Settings
 from jobs.crypto import CryptoError, MissingKeyError, generate_key, load_key, write_key_file
-from tests.conftest import REPO, triage_task, wait_for
-from tests.test_cli_faults import clean_env, jobctl
+from tests.conftest import REPO, clean_env, triage_task, wait_for
+from tests.test_cli_faults import jobctl
 
 
 def mode(p: Path) -> int:
