@@ -11,14 +11,47 @@ Every error jobctl raises on purpose is a JobctlError; the ones scripts usually 
 here, next to the types they return.
 """
 
-from jobs.config import ConfigError, Settings
-from jobs.connection import RedisUnavailableError
-from jobs.crypto import CryptoError, DecryptError, MissingKeyError
-from jobs.errors import JobctlError
-from jobs.outcomes import Outcome
-from jobs.parse import InputError
-from jobs.store import BatchStatus, ConflictError, NoSuchBatchError, SubmitResult
-from producer.client import Client, WaitTimeoutError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobs.config import ConfigError, Settings
+    from jobs.connection import RedisUnavailableError
+    from jobs.crypto import CryptoError, DecryptError, MissingKeyError
+    from jobs.errors import JobctlError
+    from jobs.outcomes import Outcome
+    from jobs.parse import InputError
+    from jobs.store import BatchStatus, ConflictError, NoSuchBatchError, SubmitResult
+    from producer.client import Client, WaitTimeoutError
+
+# Loaded when first used: `jobctl` imports this package before anything else, and a Ctrl-C while
+# pydantic and redis load would end in a traceback before the CLI can say "interrupted".
+_WHERE = {
+    "BatchStatus": "jobs.store",
+    "Client": "producer.client",
+    "ConfigError": "jobs.config",
+    "ConflictError": "jobs.store",
+    "CryptoError": "jobs.crypto",
+    "DecryptError": "jobs.crypto",
+    "InputError": "jobs.parse",
+    "JobctlError": "jobs.errors",
+    "MissingKeyError": "jobs.crypto",
+    "NoSuchBatchError": "jobs.store",
+    "Outcome": "jobs.outcomes",
+    "RedisUnavailableError": "jobs.connection",
+    "Settings": "jobs.config",
+    "SubmitResult": "jobs.store",
+    "WaitTimeoutError": "producer.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'producer' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
 
 __all__ = [
     "BatchStatus",
@@ -37,3 +70,4 @@ __all__ = [
     "SubmitResult",
     "WaitTimeoutError",
 ]
+assert set(__all__) == set(_WHERE)

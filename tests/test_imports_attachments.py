@@ -360,3 +360,15 @@ def test_generated_odd_mime_always_imports(top: str, tmp_path: Path) -> None:
     rec = one(raw, tmp_path)
     assert rec["from"] == "a@example.org" and rec["subject"] == "generated"
     assert to_input(parse(raw), BUDGET) == to_input(parse(raw, runs_aside=False), BUDGET)
+
+
+def test_raw_non_ascii_bytes_in_a_part_type_or_file_name_stay_importable(tmp_path: Path) -> None:
+    """Found by the import fuzz: a byte 0x80 in the Content-Type (and 0xff in a file name) reached the
+    task as a lone surrogate, which no task field can hold: the import crashed with a ValidationError
+    instead of giving a record."""
+    raw = (MAIL / "inline-photo-first.eml").read_bytes()
+    raw = raw.replace(b"Content-Type: multipart/mixed", b"Content-Type:\x80multipart/mixed", 1)
+    raw = raw.replace(b"filename=IMG_4821.jpeg", b"filename=IMG\xff_4821.jpeg")
+    fields = one(raw, tmp_path)  # validates the record as a task's input
+    shown = [str(v) for a in fields.get("attachments", []) for v in a.values()]
+    assert shown and not any("\ud800" <= ch <= "\udfff" for text in shown for ch in text)

@@ -398,10 +398,16 @@ def _attachment(part: Any, ctype: str, aside: SetAside | None) -> dict[str, Any]
                 size += aside.decoded_extra(part.get_payload(), decoded=not broken)
     except Exception:  # a malformed part still gets listed, with size 0
         pass
-    item: dict[str, Any] = {"type": cap(ctype, 200), "size": size}
+    item: dict[str, Any] = {"type": cap(_SURROGATES.sub("\ufffd", ctype), 200), "size": size}
     if name:
-        item["name"] = cap(_SPACES.sub(" ", _CONTROL.sub("", str(name))).strip(), 300)
+        name = _SURROGATES.sub("\ufffd", str(name))
+        item["name"] = cap(_SPACES.sub(" ", _CONTROL.sub("", name)).strip(), 300)
     return item
+
+
+# A header's raw bytes that are not ASCII reach us as lone surrogates (the parser's surrogateescape):
+# no task field may hold one (it cannot be encoded, so the task would fail validation).
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def part_text(part: Any, aside: SetAside | None = None) -> str:

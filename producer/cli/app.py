@@ -410,6 +410,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if _main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            # From here a Ctrl-C is KeyboardInterrupt, which the commands clean up after (see
+            # producer/cli/__init__.py for the start).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     STATE.json = STATE.debug = False
     STATE.notice_shown = False
     STATE.settings = None
