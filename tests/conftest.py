@@ -286,3 +286,19 @@ def base_env(settings: Settings, fake: FakeOpenAI, tmp_path: Path) -> dict[str, 
         OPENAI_BASE_URL=fake.url,
         JOBCTL_LEASE_SECONDS=str(settings.lease_seconds),
     )
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str | None]:
+    """Every jobctl variable unset (the developer's own must not leak in), then the test's settings."""
+    out: dict[str, str | None] = dict.fromkeys(all_env_vars())
+    out.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "JOBCTL_KEY": settings.key_text,
+            "JOBCTL_QUEUE": settings.queue,
+            "JOBCTL_HOME": str(settings.home),
+            "JOBCTL_LEASE_SECONDS": str(settings.lease_seconds),
+        }
+    )
+    return out

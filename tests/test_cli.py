@@ -10,28 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from jobs.config import Settings, all_env_vars
+from jobs.config import Settings
 from producer.cli import cli
 from tests.conftest import triage_task
 from tests.fake_openai import Reply
 
 CORE_COMMANDS = ["keygen", "submit", "status", "results", "wait", "retry", "cancel", "worker", "serve-local"]
-
-
-@pytest.fixture
-def env(settings) -> dict[str, str | None]:
-    """Every jobctl variable unset (the developer's own must not leak in), then the test's settings."""
-    out: dict[str, str | None] = dict.fromkeys(all_env_vars())
-    out.update(
-        {
-            "REDIS_URL": settings.redis_url,
-            "JOBCTL_KEY": settings.key_text,
-            "JOBCTL_QUEUE": settings.queue,
-            "JOBCTL_HOME": str(settings.home),
-            "JOBCTL_LEASE_SECONDS": str(settings.lease_seconds),
-        }
-    )
-    return out
 
 
 @pytest.fixture

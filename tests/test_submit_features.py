@@ -21,7 +21,6 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from jobs.config import all_env_vars
 from jobs.parse import InputError
 from jobs.store import Batch, codec, keys, sealed
 from producer.intake import Intake, read_paths
@@ -38,22 +37,6 @@ OFX1 = FIXTURES / "checking-ofx1.qfx"
 OFX2 = FIXTURES / "creditcard-ofx2.ofx"
 AGENDA = "20240115093012.4F2A1@atelier-lumen.fr"
 INVOICE = "KH.2024-0117.1705486503@koehler-haustechnik.example"
-
-
-@pytest.fixture
-def env(settings) -> dict[str, str | None]:
-    """Every jobctl variable unset (the developer's own must not leak in), then the test's settings."""
-    out: dict[str, str | None] = dict.fromkeys(all_env_vars())
-    out.update(
-        {
-            "REDIS_URL": settings.redis_url,
-            "JOBCTL_KEY": settings.key_text,
-            "JOBCTL_QUEUE": settings.queue,
-            "JOBCTL_HOME": str(settings.home),
-            "JOBCTL_LEASE_SECONDS": str(settings.lease_seconds),
-        }
-    )
-    return out
 
 
 @pytest.fixture
