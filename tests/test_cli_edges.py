@@ -41,7 +41,7 @@ from producer.client import Client
 from producer.safe_text import cut_at, visible, visible_cut
 from tests.conftest import clean_env, triage_task, wait_for
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.test_cli_faults import Run, jobctl
+from tests.test_cli_faults import Run, jobctl, start
 
 REPO = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
@@ -463,18 +463,6 @@ def test_help_shows_the_defaults_that_matter(tmp_path):
 # -- 7. signals ----------------------------------------------------------------------------------------
 
 
-def _start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", *args],
-        env=env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-
-
 def _stop(p: subprocess.Popen[bytes], conn: redis.Redis, sig: signal.Signals, settle: float = 1.5) -> Run:
     # Until the worker is registered in Redis (as `rq info` sees it), it is still starting.
     wait_for(lambda: conn.keys("rq:worker:*"), 120, "the worker to start")
@@ -491,7 +479,7 @@ def test_a_worker_stopped_by_a_signal_exits_with_its_documented_code(sig, code, 
     # queue is empty), and the running request finishes before the worker stops.
     client.submit([triage_task(i) for i in range(200)])
     fake.latency = 0.3
-    run = _stop(_start({**base_env, "JOBCTL_CONCURRENCY": "1"}, *command), conn, sig)
+    run = _stop(start({**base_env, "JOBCTL_CONCURRENCY": "1"}, *command), conn, sig)
     assert run.code == code, run
     assert "Traceback" not in run.err, run
     last = run.err.strip().splitlines()[-1]
@@ -508,7 +496,7 @@ def test_a_worker_stopped_by_a_signal_exits_with_its_documented_code(sig, code, 
 
 def test_sigterm_to_wait_exits_143_with_one_line(base_env, client):
     batch_id = client.submit([triage_task(1)]).batch_id
-    p = _start(base_env, "wait", batch_id)
+    p = start(base_env, "wait", batch_id)
     assert p.stderr is not None
     first = p.stderr.readline().decode()
     assert batch_id in first, first

@@ -100,6 +100,19 @@ class Run:
         return f"{head}\n--- stdout\n{self.out[-2000:]}\n--- stderr\n{self.err[-3000:]}"
 
 
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    """One CLI run left running, as a script starts it (its own session, stdin closed, pipes read by the test)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "producer.cli", *args],
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 def jobctl(env: dict[str, str], *args: str, stdout: Any = subprocess.PIPE, timeout: float = TIMEOUT) -> Run:
     """One CLI run as a script runs it: its own session (no terminal), stdin closed."""
     p = subprocess.run(
@@ -520,15 +533,7 @@ def test_files_on_a_full_disk(tiny_disk, base_env, seeded):
 def test_a_closed_pipe_is_a_quiet_zero(args, base_env, seeded):
     """The reader is gone before jobctl writes its first byte (`| head -0`): exit 0, no error."""
     full = [a.replace("{done}", seeded.done) for a in args]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", *full],
-        env=base_env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    p = start(base_env, *full)
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()
     err = p.stderr.read().decode()
@@ -642,15 +647,7 @@ def test_submit_wait_exit_codes(base_env, worker_env, client, tmp_path, procs):
 
 def test_sigint_to_wait_exits_130(base_env, client):
     batch = client.submit([triage_task(1)]).batch_id
-    p = subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "wait", batch],
-        env=base_env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    p = start(base_env, "wait", batch)
     assert p.stderr is not None
     first = p.stderr.readline().decode()  # the first progress line: the wait is under way
     assert batch in first, first
@@ -681,18 +678,6 @@ def kill(rp: RedisProcess) -> None:
     rp.proc = None
 
 
-def _start_wait(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "producer.cli", "wait", *args],
-        env=env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-
-
 def test_wait_waits_out_a_redis_restart(own_redis, base_env, worker_env, settings, procs):
     from tests.conftest import finish, spawn
 
@@ -700,7 +685,7 @@ def test_wait_waits_out_a_redis_restart(own_redis, base_env, worker_env, setting
     client = Client(settings.with_(redis_url=own_redis.url), connection=conn)
     batch = client.submit([triage_task("r1", FAIL_MARK), *[triage_task(f"r{i}") for i in range(2, 6)]]).batch_id
     env = {**base_env, "REDIS_URL": own_redis.url}
-    p = _start_wait(env, batch, "--timeout", "300")
+    p = start(env, "wait", batch, "--timeout", "300")
     assert p.stderr is not None
     first = p.stderr.readline().decode()
     assert batch in first, first
@@ -732,7 +717,7 @@ def test_wait_timeout_holds_while_redis_is_down(own_redis, base_env, settings):
         if own_redis.proc is None:
             own_redis.start()
         clients = len(conn.client_list())
-        p = _start_wait(env, batch, "--timeout", "12", *(["--json"] if as_json else []))
+        p = start(env, "wait", batch, "--timeout", "12", *(["--json"] if as_json else []))
         assert p.stderr is not None
         # The wait's first read went through (a Redis unreachable at the start is an error, exit 1).
         wait_for(partial(connected, conn, clients), TIMEOUT, "wait to connect")

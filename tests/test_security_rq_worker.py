@@ -283,13 +283,13 @@ def test_callbacks_and_webhooks_are_judged_on_the_job_as_loaded_not_read_again(
         "webhooks": f'[{{"url": "{listener}", "events": ["success", "failed"]}}]',
     }
     conn.hset(keys.job(m.job_id), mapping=planted)
-    real_check = codec.foreign_job_problem
+    real_perform = TaskWorker.perform_job
 
-    def attacker_removes_them_first(c: Any, jid: str, data: bytes) -> str | None:
-        conn.hdel(keys.job(jid), *planted)
-        return real_check(c, jid, data)
+    def attacker_removes_them_first(self: TaskWorker, job: Job, queue: Queue) -> bool:
+        conn.hdel(keys.job(job.id), *planted)  # after the load, before any check
+        return real_perform(self, job, queue)
 
-    monkeypatch.setattr(codec, "foreign_job_problem", attacker_removes_them_first)
+    monkeypatch.setattr(TaskWorker, "perform_job", attacker_removes_them_first)
     TaskWorker([Queue(settings.queue, connection=conn)], connection=conn).work(burst=True)
     assert not marker.exists(), "a planted callback ran"
     assert Hits.count == 0, "the worker posted a planted webhook"

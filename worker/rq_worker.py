@@ -75,7 +75,7 @@ class BoundedJob(Job):
     def restore(self, raw_data: Any) -> Any:
         obj = decode_redis_hash(raw_data)
         if any(obj.get(f) for f in codec.FOREIGN_FIELDS):
-            self.jobctl_problem = "it carries callbacks, webhooks, dependencies or repeats, which jobctl never sets"
+            self.jobctl_problem = codec.FOREIGN_FIELDS_PROBLEM
         for f in codec.FOREIGN_FIELDS:
             obj.pop(f, None)
         data = obj.get("data")
@@ -128,7 +128,8 @@ class TaskWorker(SimpleWorker):
     # -- RQ's steps ---------------------------------------------------------------------------
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
-        problem = getattr(job, "jobctl_problem", None) or codec.foreign_job_problem(self.connection, job.id, job.data)
+        # Judged on the hash the job was loaded from (BoundedJob.restore), never on a second read.
+        problem = getattr(job, "jobctl_problem", None) or codec.data_problem(job.data)
         if problem is not None:
             log.warning("job %s refused and failed: %s", job.id, problem)
             try:

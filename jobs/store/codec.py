@@ -165,14 +165,26 @@ FOREIGN_FIELDS = (
 )
 
 
-def foreign_job_problem(conn: redis.Redis, jid: str, data: bytes) -> str | None:
-    """Why a job is not one jobctl wrote (None if it is), read from the raw hash: nothing is deserialized."""
+NOT_JOBCTL_DATA = "it is not a jobctl task (it names another function, or its data is not jobctl's)"
+FOREIGN_FIELDS_PROBLEM = "it carries callbacks, webhooks, dependencies or repeats, which jobctl never sets"
+
+
+def data_problem(data: bytes) -> str | None:
+    """Why a job's data is not a jobctl task's (None if it is); nothing of it is deserialized."""
     try:
         decode_data(data)
     except ValueError:
-        return "it is not a jobctl task (it names another function, or its data is not jobctl's)"
+        return NOT_JOBCTL_DATA
+    return None
+
+
+def foreign_job_problem(conn: redis.Redis, jid: str, data: bytes) -> str | None:
+    """Why a job is not one jobctl wrote (None if it is), read from the raw hash: nothing is deserialized."""
+    problem = data_problem(data)
+    if problem is not None:
+        return problem
     from jobs.store import keys
 
     if any(v for v in conn.hmget(keys.job(jid), *FOREIGN_FIELDS)):
-        return "it carries callbacks, webhooks, dependencies or repeats, which jobctl never sets"
+        return FOREIGN_FIELDS_PROBLEM
     return None
