@@ -42,7 +42,7 @@ from jobs.outcomes import Failure
 from jobs.store import queues as store_queues
 from jobs.store.submit import roll_forward_if_needed
 from jobs.store.work import Claimed, Finished, WorkQueue
-from worker.http import auth_headers
+from worker.http import auth_headers, make_client
 from worker.llm import FatalServerError, Policy, ServerHealth, TaskOutcome, run_task
 from worker.report import DrainReport
 from worker.window import AdaptiveWindow, WindowController
@@ -519,8 +519,6 @@ async def drain_queue(
     signals: bool = False,
     timeout: float = 120.0,
 ) -> DrainReport:
-    from worker.http import make_client
-
     pool = max(options.concurrency, options.max_in_flight) if options.adaptive else options.concurrency
     async with make_client(base_url, api_key, pool, timeout) as client:
         drainer = Drainer(connection, cipher, client, options, policy)
